@@ -1,0 +1,81 @@
+"""Shared test setup: environment for Spark and Airflow, a session-scoped local Spark.
+
+Airflow reads its settings when first imported, so every AIRFLOW_* variable is set here,
+before any test module imports airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO / "data" / "tinyshakespeare.txt"
+
+_SCRATCH = Path(tempfile.mkdtemp(prefix="llm-decoder-tests-"))
+_AIRFLOW_HOME = _SCRATCH / "airflow"
+_AIRFLOW_HOME.mkdir()
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(_AIRFLOW_HOME / "logs"),
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "TMPDIR": str(_SCRATCH),
+    }
+)
+# plugins/ is on Airflow's sys.path at run time; make it importable in tests too.
+sys.path.insert(0, str(REPO / "plugins"))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def corpus_path() -> Path:
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first ~40 kB of Tiny Shakespeare: enough text for every step, fast to train on."""
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    text = CORPUS.read_text(encoding="utf-8")[:40_000]
+    path.write_text(text[: text.rfind("\n\n") + 1], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] SparkSession for the whole test session (starting one costs seconds)."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("llm-decoder-tests")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.serializer", "org.apache.spark.serializer.KryoSerializer")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -1,0 +1,77 @@
+"""The config schema: defaults, overrides, and errors that name the key at fault."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from spark_jobs.config import PipelineConfig, apply_overrides, dump_config, load_config, validate_config
+from spark_jobs.errors import ConfigError
+
+
+def test_local_config_loads_and_overrides_apply(repo):
+    cfg = load_config(repo / "configs" / "local.yaml", ["training.num_epochs=3", "model.kind=mlp"])
+    assert cfg.training.num_epochs == 3
+    assert cfg.model.kind == "mlp"
+    assert cfg.data.corpus_path == "data/tinyshakespeare.txt"
+
+
+def test_override_values_are_parsed_as_yaml():
+    raw = apply_overrides({}, ["training.early_stop_patience=null", "data.embeddings_path=s3://b/e.txt"])
+    cfg = validate_config(raw)
+    assert cfg.training.early_stop_patience is None
+    assert cfg.data.embeddings_path == "s3://b/e.txt"
+
+
+def test_dumped_config_round_trips():
+    cfg = validate_config({"model": {"kind": "mlp", "window_size": 16}})
+    import yaml
+
+    assert PipelineConfig.model_validate(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.windw_size=3", "unknown key 'model.windw_size'"),
+        ("sparkk.master=local", "unknown key 'sparkk'"),
+        ("model.window_size=abc", "model.window_size: Input should be a valid integer"),
+        ("training.learning_rate=fast", "training.learning_rate"),
+        ("model.window_size=0", "model.window_size: Input should be greater than 0"),
+        ("training.batch_size=-4", "training.batch_size: Input should be greater than 0"),
+        ("training.averaging_frequency=0", "training.averaging_frequency"),
+        ("spark.target_partition_size=0", "spark.target_partition_size"),
+        ("data.vocab_size=200", "data.vocab_size: Value error, must be at least 257"),
+        ("model.kind=rnn", "model.kind"),
+        ("run.id=../escape", "run.id"),
+        ("training.valid_split=0.3", "must equal 1"),
+    ],
+)
+def test_bad_config_names_the_key(repo, override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(repo / "configs" / "local.yaml", [override])
+    assert expected in str(info.value)
+    assert "local.yaml" in str(info.value)
+
+
+def test_malformed_override_is_an_error():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["training.num_epochs"])
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_config_error_in_one_line(repo, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "spark_jobs.cli", "preprocess", "--config", str(repo / "configs/local.yaml"),
+         "--set", "model.window_size=zero"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and "model.window_size" in errors[0], result.stderr
