@@ -44,7 +44,9 @@ def _load(config: str | None, overrides: list[str] | None, step: str) -> Pipelin
     return cfg
 
 
-def _run_step(step: str, config: str | None, overrides: list[str] | None, verbose: bool, **kwargs: Any) -> Any:
+def _run_step(
+    step: str, config: str | None, overrides: list[str] | None, verbose: bool, **kwargs: Any
+) -> Any:
     try:
         cfg = _load(config, overrides, step)
         module = importlib.import_module(f"spark_jobs.{step}")

@@ -27,7 +27,11 @@ def parse_step_args(step: str, argv: list[str] | None = None) -> argparse.Namesp
     parser = argparse.ArgumentParser(prog=step, description=f"llm-decoder {step} step")
     parser.add_argument("--config", help="YAML config file (local path or s3:// URI)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set training.num_epochs=2 (repeatable)",
     )
     parser.add_argument("--resume", action="store_true", help="train: continue from the latest checkpoint")

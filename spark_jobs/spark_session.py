@@ -34,7 +34,9 @@ def get_spark(config: PipelineConfig, step: str) -> SparkSession:
     builder = SparkSession.builder.appName(f"{config.spark.app_name}-{step}-{config.run.id}")
     is_local = config.spark.master.startswith("local")
     if not _launched_by_spark_submit():
-        builder = builder.master(config.spark.master).config("spark.driver.memory", config.spark.driver_memory)
+        builder = builder.master(config.spark.master).config(
+            "spark.driver.memory", config.spark.driver_memory
+        )
         if is_local:
             # This machine's hostname may resolve to an unreachable interface: pin loopback.
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -68,9 +68,19 @@ def test_missing_config_file_is_an_error(tmp_path):
 
 def test_cli_reports_config_error_in_one_line(repo, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "spark_jobs.cli", "preprocess", "--config", str(repo / "configs/local.yaml"),
-         "--set", "model.window_size=zero"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "spark_jobs.cli",
+            "preprocess",
+            "--config",
+            str(repo / "configs/local.yaml"),
+            "--set",
+            "model.window_size=zero",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
