@@ -1,0 +1,145 @@
+"""Both models behind the DecoderModel interface: shapes, gradients, causality, decoding, learning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spark_jobs.errors import ConfigError, InputError
+from spark_jobs.models import DecoderModel, ModelOutput, build_model
+from spark_jobs.models.mlp import sinusoidal_positions
+
+WINDOW = 16
+
+
+@pytest.mark.parametrize("kind", ["gpt", "mlp"])
+def test_forward_shapes_and_backward(kind, make_config, vocab_size, embeddings, windows):
+    torch.manual_seed(0)
+    model = build_model(make_config(kind), vocab_size, embeddings)
+    assert isinstance(model, DecoderModel)
+    assert (model.kind, model.window_size, model.vocab_size) == (kind, WINDOW, vocab_size)
+
+    out = model(windows)
+    assert isinstance(out, ModelOutput)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    expected_count = windows.shape[0] * WINDOW if kind == "gpt" else windows.shape[0]
+    assert out.count == expected_count
+    assert out.correct.dtype == torch.int64 and 0 <= int(out.correct) <= out.count
+
+    out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    for name, p in trainable:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for _, p in trainable)
+
+    for T in (1, 5, WINDOW, WINDOW + 4):  # longer than the window is cropped to its last W tokens
+        scores = model.next_token_scores(windows[:3, :T] if T <= WINDOW else windows[:3].repeat(1, 2)[:, :T])
+        assert scores.shape == (3, vocab_size)
+        assert torch.isfinite(scores).all()
+    assert model.flops_per_sample() > 0
+
+
+def test_gpt_is_causal(make_config, vocab_size, windows):
+    torch.manual_seed(0)
+    model = build_model(make_config("gpt"), vocab_size).eval()
+    x = windows[:, :WINDOW]
+    changed = x.clone()
+    t = 9
+    changed[:, t] = (changed[:, t] + 1) % vocab_size
+    with torch.no_grad():
+        before, after = model.logits(x), model.logits(changed)
+    torch.testing.assert_close(before[:, :t], after[:, :t], rtol=0, atol=1e-6)
+    assert (before[:, t:] - after[:, t:]).abs().max() > 1e-4  # the change is visible from t on
+
+
+def test_gpt_ties_embeddings_and_scales_init(make_config, vocab_size, embeddings):
+    model = build_model(make_config("gpt", init_from_embeddings=True), vocab_size, embeddings)
+    assert model.transformer.wte.weight is model.lm_head.weight
+    table = model.transformer.wte.weight.detach()
+    assert table.std().item() == pytest.approx(0.02, rel=0.05)
+    # same directions as the given vectors (up to the mean shift and the scale)
+    cosine = torch.nn.functional.cosine_similarity(table, embeddings - embeddings.mean(), dim=-1)
+    assert cosine.min() > 0.999
+    # a parameter count that counts the tied table once: 6 FLOPs per parameter per token dominate
+    n = sum(p.numel() for p in model.parameters())
+    assert n == model.num_parameters()
+    assert 6 * n * WINDOW <= model.flops_per_sample() <= 8 * n * WINDOW
+
+
+def test_mlp_input_table_is_frozen_and_positional(make_config, vocab_size, embeddings):
+    model = build_model(make_config("mlp"), vocab_size, embeddings)
+    assert "embeddings" in dict(model.named_buffers())
+    assert all(p is not model.embeddings for p in model.parameters())
+    torch.testing.assert_close(model.embeddings, embeddings)
+    pe = sinusoidal_positions(WINDOW, 32)
+    assert pe[0, 0::2].abs().max() == 0 and (pe[0, 1::2] == 1).all()  # sin(0)=0, cos(0)=1
+    torch.testing.assert_close(pe[3, 0], torch.sin(torch.tensor(3.0)))
+
+
+def test_mlp_nearest_neighbour_decoding(make_config, vocab_size, embeddings, windows):
+    """A network that always predicts a scaled, slightly noisy copy of token 5's embedding
+    decodes every window to token 5: cosine ignores the scale."""
+    model = build_model(make_config("mlp"), vocab_size, embeddings)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.copy_(
+            3.0 * embeddings[5] + 0.01 * torch.randn(32, generator=torch.Generator().manual_seed(1))
+        )
+    targets = windows[:, WINDOW].clone()
+    targets[:3] = 5
+    batch = torch.cat([windows[:, :WINDOW], targets[:, None]], dim=1)
+    out = model(batch)
+    assert int(out.correct) == int((targets == 5).sum()) == 3
+    scores = model.next_token_scores(batch[:, :4])  # short context: left-padded
+    assert (scores.argmax(dim=-1) == 5).all()
+    assert scores.max() <= 1.0 + 1e-5 and scores.min() >= -1.0 - 1e-5
+
+
+def test_mlp_cosine_loss(make_config, vocab_size, embeddings, windows):
+    model = build_model(make_config("mlp", mlp_loss="cosine"), vocab_size, embeddings)
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.copy_(2.0 * embeddings[7])
+    batch = windows.clone()
+    batch[:, WINDOW] = 7
+    assert model(batch).loss.item() == pytest.approx(0.0, abs=1e-5)
+    batch[:, WINDOW] = 8
+    expected = 1 - torch.nn.functional.cosine_similarity(embeddings[7], embeddings[8], dim=0)
+    assert model(batch).loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt", "mlp"])
+def test_overfits_a_repeated_sequence(kind, make_config, tokenizer, vocab_size, embeddings):
+    torch.manual_seed(0)
+    ids = torch.tensor(tokenizer.encode("To be, or not to be: that is the question. " * 3).ids)
+    batch = ids.unfold(0, WINDOW + 1, 2)
+    assert 20 <= batch.shape[0] <= 50
+    model = build_model(make_config(kind), vocab_size, embeddings)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = model(batch)
+    for _ in range(100):
+        out = model(batch)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    model.eval()
+    last = model(batch)
+    assert last.loss.item() < 0.1 * first.loss.item()
+    assert int(last.correct) / last.count > 0.95
+
+
+def test_build_model_rejects_bad_inputs(make_config, vocab_size, embeddings):
+    with pytest.raises(ConfigError, match="needs the preprocess step's embeddings"):
+        build_model(make_config("mlp"), vocab_size, None)
+    with pytest.raises(ConfigError, match="init_from_embeddings"):
+        build_model(make_config("gpt", init_from_embeddings=True), vocab_size, None)
+    with pytest.raises(InputError, match=r"shape \(300, 16\), expected \(300, 32\)"):
+        build_model(make_config("mlp"), vocab_size, torch.zeros(vocab_size, 16))
+    bad = embeddings.clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        build_model(make_config("mlp"), vocab_size, bad)
+    model = build_model(make_config("gpt"), vocab_size)
+    with pytest.raises(InputError, match="window_size=16"):
+        model(torch.zeros(2, WINDOW + 2, dtype=torch.long))
