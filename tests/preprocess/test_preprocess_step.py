@@ -1,0 +1,194 @@
+"""The preprocess step on local Spark: outputs checked by content."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+from spark_jobs import storage
+from spark_jobs.corpus import normalize_text
+from spark_jobs.errors import InputError
+from spark_jobs.preprocess import run
+
+from .conftest import EMBEDDING_SIZE, SECOND_DOC, make_config, step_dir
+
+
+def read_tokens(out: Path) -> pa.Table:
+    table = pq.read_table(out / "tokens")
+    return table.sort_by([("doc_id", "ascending"), ("seq", "ascending")])
+
+
+def doc_ids(table: pa.Table) -> dict[int, list[int]]:
+    docs: dict[int, list[int]] = {}
+    for doc_id, ids in zip(table.column("doc_id").to_pylist(), table.column("ids").to_pylist(), strict=True):
+        docs.setdefault(doc_id, []).extend(ids)
+    return docs
+
+
+def test_tokens_decode_to_the_normalised_corpus(baseline, small_corpus):
+    _, out, stats = baseline
+    table = read_tokens(out)
+    assert table.schema.field("doc_id").type == pa.int32()
+    assert table.schema.field("seq").type == pa.int64()
+    assert table.schema.field("ids").type == pa.list_(pa.int32())
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    docs = doc_ids(table)
+    expected = [small_corpus.read_text(encoding="utf-8"), normalize_text(SECOND_DOC)]
+    assert sorted(docs) == [0, 1]
+    for doc_id, text in enumerate(expected):
+        assert tokenizer.decode(docs[doc_id], skip_special_tokens=False) == text
+    # seq numbers are 0..n-1 within each document: order is explicit, not row order.
+    for doc_id in docs:
+        seqs = [
+            s
+            for d, s in zip(table["doc_id"].to_pylist(), table["seq"].to_pylist(), strict=True)
+            if d == doc_id
+        ]
+        assert seqs == list(range(len(seqs)))
+    documents = json.loads((out / "documents.json").read_text())
+    assert [d["path"].rsplit("/", 1)[-1] for d in documents] == ["a_shakespeare.txt", "b_mixed.txt"]
+    assert [d["chars"] for d in documents] == [len(t) for t in expected]
+    assert [d["tokens"] for d in documents] == [len(docs[0]), len(docs[1])]
+    assert stats["documents"] == 2
+    assert stats["chars"] == sum(map(len, expected))
+    assert stats["tokens"] == len(docs[0]) + len(docs[1])
+    assert stats["chars_per_token"] == pytest.approx(stats["chars"] / stats["tokens"])
+    assert json.loads((out / "stats.json").read_text()) == stats
+    assert (out / storage.SUCCESS_MARKER).exists()
+
+
+def test_token_counts_match_the_tokens(baseline):
+    _, out, stats = baseline
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    all_ids = np.concatenate([np.array(v, dtype=np.int64) for v in doc_ids(read_tokens(out)).values()])
+    expected = np.bincount(all_ids, minlength=tokenizer.get_vocab_size())
+    with open(out / "token_counts.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == tokenizer.get_vocab_size() == stats["vocab_size"]
+    counts = [int(r["count"]) for r in rows]
+    assert counts == sorted(counts, reverse=True)
+    for r in rows:
+        assert int(r["count"]) == expected[int(r["id"])]
+        assert r["token"] == tokenizer.id_to_token(int(r["id"]))
+
+
+def test_embeddings_are_aligned_to_token_ids(baseline):
+    _, out, stats = baseline
+    matrix = load_file(str(out / "embeddings.safetensors"))["embeddings"]
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert matrix.dtype == np.float32
+    assert matrix.shape == (tokenizer.get_vocab_size(), EMBEDDING_SIZE)
+    assert np.isfinite(matrix).all()
+    lines = (out / "embeddings.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == f"{matrix.shape[0]} {EMBEDDING_SIZE}"
+    for i, line in enumerate(lines[1:]):
+        token, *values = line.split(" ")
+        assert token == tokenizer.id_to_token(i)
+        np.testing.assert_array_equal(np.array(values, dtype=np.float32), matrix[i])
+    assert stats["embeddings_source"] == "word2vec"
+    assert 0 < stats["tokens_with_vector"] <= stats["vocab_size"]
+
+
+def test_same_seed_same_outputs_and_rerun_replaces(baseline):
+    """A second run into the same folder: identical outputs, old leftovers gone."""
+    config, out, _ = baseline
+    before = {
+        name: (out / name).read_bytes()
+        for name in (
+            "tokenizer.json",
+            "embeddings.safetensors",
+            "embeddings.txt",
+            "token_counts.csv",
+            "documents.json",
+        )
+    }
+    tokens_before = read_tokens(out)
+    (out / "stale.txt").write_text("from an older run")
+    run(config)
+    assert not (out / "stale.txt").exists()
+    assert (out / storage.SUCCESS_MARKER).exists()
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data, name
+    assert read_tokens(out).equals(tokens_before)
+
+
+def test_user_embeddings_land_on_their_token_ids(spark, tmp_path, baseline, two_doc_corpus):
+    """Known vectors (value = token id) in shuffled CSV order, with the baseline's tokenizer."""
+    _, out, _ = baseline
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    vocab = tokenizer.get_vocab_size()
+    order = np.random.default_rng(0).permutation(vocab)
+    path = tmp_path / "vectors.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["token"] + [f"v{j}" for j in range(EMBEDDING_SIZE)])
+        for i in order[: vocab - 3]:  # three tokens without a vector
+            writer.writerow(
+                [tokenizer.id_to_token(int(i))] + [int(i) + j / 100 for j in range(EMBEDDING_SIZE)]
+            )
+    missing = sorted(int(i) for i in order[vocab - 3 :])
+    config = make_config(
+        tmp_path / "out",
+        two_doc_corpus,
+        run_id="user-emb",
+        tokenizer_path=str(out / "tokenizer.json"),
+        embeddings_path=str(path),
+        max_oov_rate=1.0,
+    )
+    stats = run(config)
+    new_out = Path(step_dir(config))
+    assert (new_out / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    matrix = load_file(str(new_out / "embeddings.safetensors"))["embeddings"]
+    for i in range(vocab):
+        if i in missing:
+            assert not np.allclose(matrix[i], i + np.arange(EMBEDDING_SIZE) / 100)
+        else:
+            np.testing.assert_allclose(matrix[i], i + np.arange(EMBEDDING_SIZE) / 100, rtol=1e-6)
+    assert stats["embeddings_source"] == f"file:{path}"
+    assert stats["tokenizer_source"] == f"file:{out / 'tokenizer.json'}"
+    assert stats["tokens_with_vector"] == vocab - 3
+
+
+def test_oov_above_threshold_is_an_error(spark, tmp_path, baseline, two_doc_corpus):
+    _, out, _ = baseline
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    path = tmp_path / "few.txt"
+    few = [tokenizer.id_to_token(i) for i in range(1, 11)]
+    path.write_text(
+        f"{len(few)} {EMBEDDING_SIZE}\n" + "".join(f"{t} {' '.join(['0.5'] * EMBEDDING_SIZE)}\n" for t in few)
+    )
+    config = make_config(
+        tmp_path / "out",
+        two_doc_corpus,
+        run_id="oov",
+        tokenizer_path=str(out / "tokenizer.json"),
+        embeddings_path=str(path),
+        max_oov_rate=0.05,
+    )
+    with pytest.raises(
+        InputError,
+        match=rf"{path}: \d+\.\d% of the corpus tokens have no vector, above data.max_oov_rate=0.05",
+    ):
+        run(config)
+    assert not storage.is_complete(step_dir(config))
+
+
+def test_failed_rerun_unmarks_the_old_output(spark, tmp_path, baseline):
+    """A good run, then a failing one into the same folder: the old output is no longer complete."""
+    config, out, _ = baseline
+    copy = tmp_path / "copy"
+    shutil.copytree(out.parents[2], copy)
+    bad = make_config(copy, tmp_path / "missing.txt", run_id=config.run.id)
+    assert storage.is_complete(step_dir(bad))
+    with pytest.raises(InputError, match="corpus not found"):
+        run(bad)
+    assert not storage.is_complete(step_dir(bad))
