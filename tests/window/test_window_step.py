@@ -1,0 +1,226 @@
+"""The window step on real local Spark: windows checked token by token against the stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spark_jobs import storage, window
+from spark_jobs.errors import InputError
+from spark_jobs.windows import split_point, window_count
+
+from .conftest import doc_tokens, write_preprocess
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def read_split(step: str, split: str) -> tuple[pa.Table, list[int]]:
+    """A split's windows in file-name (= partition) order, and the rows of each file."""
+    files = sorted(p for p in (Path(step) / split).iterdir() if p.suffix == ".parquet")
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables), [t.num_rows for t in tables]
+
+
+def window_dir(config) -> str:
+    return storage.step_dir(config.run.root, config.run.id, "window")
+
+
+def test_stride_one_by_document_rebuilds_the_stream(spark, window_config) -> None:
+    lengths = [1000, 537, 20]  # the last document is too short for a val window
+    config = window_config(window_size=8, stride=1, valid_split=0.2, rows_per_partition=300)
+    write_preprocess(Path(config.run.root), config.run.id, lengths)
+
+    result = window.run(config)
+
+    step = window_dir(config)
+    assert storage.is_complete(step)
+    distribution = json.loads(Path(step, "data_distribution.json").read_text())
+    assert distribution["window_size"] == 8 and distribution["stride"] == 1
+    assert distribution["chars_per_token"] == 3.0
+    for split in ("train", "val"):
+        table, rows = read_split(step, split)
+        assert table.schema.field("doc_id").type == pa.int32()
+        assert table.schema.field("start").type == pa.int64()
+        assert table.schema.field("ids").type.value_type == pa.int32()
+        doc_ids = table.column("doc_id").to_numpy()
+        starts = table.column("start").to_numpy()
+        ids = np.array(table.column("ids").to_pylist(), dtype=np.int32)
+        assert ids.shape == (table.num_rows, 9)
+        # the output follows the stream: sorted by (doc_id, start) across files in order
+        assert np.all(np.lexsort((starts, doc_ids)) == np.arange(table.num_rows))
+
+        tokens, expected_windows = 0, 0
+        for doc_id, length in enumerate(lengths):
+            cut = split_point(0, length, 0.2)
+            lo, hi = (0, cut) if split == "train" else (cut, length)
+            tokens += hi - lo
+            count = window_count(hi - lo, 8, 1)
+            expected_windows += count
+            mine = doc_ids == doc_id
+            assert starts[mine].tolist() == list(range(lo, lo + count))  # window k starts at k * stride
+            assert ids[mine].min(initial=lo + doc_id * 100_000) >= lo + doc_id * 100_000  # no window crosses
+            assert ids[mine].max(initial=0) < doc_id * 100_000 + hi
+            if count:
+                stream = doc_tokens(doc_id, length)[lo:hi]
+                rebuilt = np.concatenate([ids[mine][:, 0], ids[mine][-1, 1:]])
+                assert rebuilt.tolist() == stream.tolist()
+        assert table.num_rows == expected_windows
+        stats = distribution[split]
+        assert stats["windows"] == expected_windows == result[f"{split}_windows"]
+        assert stats["tokens"] == tokens
+        assert stats["partitions"] == len(rows) == -(-expected_windows // 300)
+        assert stats["rows_per_partition"] == {
+            "min": min(rows),
+            "mean": sum(rows) / len(rows),
+            "max": max(rows),
+        }
+        assert stats["skew"] == pytest.approx(max(rows) / (sum(rows) / len(rows)))
+        assert max(rows) - min(rows) <= 1
+
+
+def test_stride_by_stream_starts_every_stride_and_warns_when_skipping(spark, window_config) -> None:
+    lengths = [300, 45, 260]
+    config = window_config(
+        window_size=4, stride=7, valid_split=0.25, split_by="stream", rows_per_partition=20
+    )
+    write_preprocess(Path(config.run.root), config.run.id, lengths, seed=3)
+    stream = np.concatenate([doc_tokens(d, n) for d, n in enumerate(lengths)])
+    doc_starts = np.cumsum([0, *lengths[:-1]])
+    warnings: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logger = logging.getLogger("spark_jobs.window")
+    logger.addHandler(handler)
+    try:
+        window.run(config)
+    finally:
+        logger.removeHandler(handler)
+    assert any("data.window_stride=7 > model.window_size + 1 = 5: 2 of every 7" in w for w in warnings)
+
+    cut = split_point(0, len(stream), 0.25)
+    for split, (lo, hi) in {"train": (0, cut), "val": (cut, len(stream))}.items():
+        table, rows = read_split(window_dir(config), split)
+        count = window_count(hi - lo, 4, 7)
+        global_starts = lo + 7 * np.arange(count)
+        assert table.num_rows == count and len(rows) == -(-count // 20)
+        doc = np.searchsorted(doc_starts, global_starts, side="right") - 1
+        assert table.column("doc_id").to_pylist() == doc.tolist()
+        assert table.column("start").to_pylist() == (global_starts - doc_starts[doc]).tolist()
+        # stream windows may run across documents, never across the split
+        expected = [stream[s : s + 5].tolist() for s in global_starts]
+        assert table.column("ids").to_pylist() == expected
+        assert all(s + 5 <= hi for s in global_starts)
+
+
+def test_rerun_replaces_the_output_and_is_identical(spark, window_config) -> None:
+    config = window_config(window_size=6, stride=3, rows_per_partition=40)
+    write_preprocess(Path(config.run.root), config.run.id, [400, 250], seed=5)
+    step = window_dir(config)
+    stale = Path(step, "train", "part-99999-stale.parquet")  # an older output, marked complete
+    stale.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"doc_id": pa.array([9], pa.int32())}), stale)
+    Path(step, storage.SUCCESS_MARKER).write_text("")
+
+    window.run(config)
+    first = {s: read_split(step, s) for s in ("train", "val")}
+    assert not stale.exists()
+    assert sum(first["train"][1]) == window_count(320, 6, 3) + window_count(200, 6, 3)
+    first_json = Path(step, "data_distribution.json").read_text()
+
+    window.run(config)
+    for split in ("train", "val"):
+        table, rows = read_split(step, split)
+        assert rows == first[split][1] and table.equals(first[split][0])
+    assert Path(step, "data_distribution.json").read_text() == first_json
+    assert storage.is_complete(step)
+
+
+def test_window_larger_than_the_tokens_is_refused(spark, window_config) -> None:
+    config = window_config(window_size=64, valid_split=0.1)
+    write_preprocess(Path(config.run.root), config.run.id, [300, 200])
+    with pytest.raises(InputError) as info:
+        window.run(config)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "no val windows" in message and "model.window_size=64" in message and "30 tokens" in message
+    assert not storage.is_complete(window_dir(config))
+
+
+def test_missing_or_unfinished_preprocess_is_refused(tmp_path: Path, window_config) -> None:
+    config = window_config()
+    with pytest.raises(InputError, match="preprocess output not found"):
+        window.run(config)
+    write_preprocess(Path(config.run.root), config.run.id, [100], success=False)
+    with pytest.raises(InputError, match="no _SUCCESS marker"):
+        window.run(config)
+    assert not storage.exists(window_dir(config))
+
+
+def test_malformed_preprocess_output_is_refused(spark, window_config) -> None:
+    config = window_config()
+    step = Path(write_preprocess(Path(config.run.root), config.run.id, [200]))
+    stats = step / "stats.json"
+    good_stats = stats.read_text()
+    stats.write_text("{}")
+    with pytest.raises(InputError, match=r"stats\.json: no valid 'chars_per_token'"):
+        window.run(config)
+    stats.write_text(good_stats)
+    for part in (step / "tokens").iterdir():
+        table = pq.read_table(part)
+        pq.write_table(table.rename_columns(["doc_id", "seq", "tokens"]), part)
+    with pytest.raises(InputError, match=r"tokens: missing column\(s\) ids"):
+        window.run(config)
+    assert not storage.exists(window_dir(config))
+
+
+def test_cli_exits_2_with_one_line(tmp_path: Path, repo: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "spark_jobs/window.py", "--set", f"run.root={tmp_path}", "--set", "run.id=x"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: window: preprocess output not found") and str(tmp_path) in last
+
+
+@pytest.mark.slow
+def test_preprocess_then_window_decodes_back_to_the_corpus(spark, tmp_path: Path, small_corpus: Path) -> None:
+    from spark_jobs import preprocess
+    from spark_jobs.config import validate_config
+    from spark_jobs.tokenizer import load_tokenizer
+
+    config = validate_config(
+        {
+            "spark": {"master": "local[2]", "target_partition_size": 2000},
+            "model": {"window_size": 16, "embedding_size": 16},
+            "data": {"corpus_path": str(small_corpus), "vocab_size": 300, "window_stride": 1},
+            "run": {"root": str(tmp_path), "id": "e2e"},
+        }
+    )
+    preprocess.run(config)
+    window.run(config)
+
+    step = window_dir(config)
+    stream = []
+    for split in ("train", "val"):
+        table, rows = read_split(step, split)
+        ids = table.column("ids").to_pylist()
+        stream += [w[0] for w in ids] + ids[-1][1:]  # stride 1: first tokens + the last tail
+    preprocess_dir = storage.step_dir(config.run.root, config.run.id, "preprocess")
+    tokenizer = load_tokenizer(storage.join(preprocess_dir, "tokenizer.json"))
+    assert tokenizer.decode(stream) == small_corpus.read_text(encoding="utf-8")
+    stats = json.loads(Path(preprocess_dir, "stats.json").read_text())
+    distribution = json.loads(Path(step, "data_distribution.json").read_text())
+    assert distribution["chars_per_token"] == stats["chars_per_token"]
+    assert distribution["train"]["tokens"] + distribution["val"]["tokens"] == stats["tokens"] == len(stream)
