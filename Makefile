@@ -15,8 +15,18 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# Airflow on SQLite under ./.airflow, with this project's DAGs and plugins.
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__PLUGINS_FOLDER=$(CURDIR)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	PYTHONPATH=$(CURDIR)/plugins
+
+# The local DAG end to end (dag.test(), no server), then the summary, the report and a sample.
 run: $(STAMP)
-	$(BIN)/llm-decoder pipeline --config configs/local.yaml
+	$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.run_local
+
+# The Airflow UI on http://127.0.0.1:8080 (standalone, SQLite); AIRFLOW_PORT=... to move it.
+airflow: $(STAMP)
+	$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.standalone
 
 test: $(STAMP)
 	$(BIN)/ruff check .

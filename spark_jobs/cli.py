@@ -50,9 +50,31 @@ def _run_step(
     try:
         cfg = _load(config, overrides, step)
         module = importlib.import_module(f"spark_jobs.{step}")
+        if step == "train" and sys.stderr.isatty():
+            return _with_progress_bar(lambda: module.run(cfg, **kwargs))
         return module.run(cfg, **kwargs)
     except PipelineError as exc:
         _fail(exc, verbose)
+
+
+def _with_progress_bar(train: Any) -> Any:
+    """Run `train()` under a rich progress bar fed by the trainer (single-process strategies)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from spark_jobs import trainer
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("train", total=None)
+
+        def update(step: int, total: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total, description=f"train loss {loss:.3f}")
+
+        trainer.set_progress_callback(update)
+        try:
+            return train()
+        finally:
+            trainer.set_progress_callback(None)
 
 
 @app.command()
@@ -83,6 +105,76 @@ def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: Verbo
     """Run preprocess → window → train in order."""
     for step in ("preprocess", "window", "train"):
         _run_step(step, config, set_, verbose)
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option("--model", "-m", help="model directory (local or s3://)")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 100,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; mlp wants ~0.05")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="sample among the k likeliest tokens")] = 50,
+    seed: Annotated[int, typer.Option(help="same seed, same text")] = 0,
+    verbose: VerboseOption = False,
+) -> None:
+    """Generate text from a prompt with a trained model; prints it to stdout."""
+    from spark_jobs.generate import generate as generate_text
+    from spark_jobs.model_io import load_model
+
+    try:
+        loaded, tokenizer, _ = load_model(model)
+        text = generate_text(loaded, tokenizer, prompt, max_new_tokens, temperature, top_k, seed)
+    except PipelineError as exc:
+        _fail(exc, verbose)
+    typer.echo(text)
+
+
+@app.command()
+def runs(
+    root: Annotated[
+        str, typer.Option("--root", "-r", help="runs root (local dir or s3://bucket/prefix)")
+    ] = "output",
+    verbose: VerboseOption = False,
+) -> None:
+    """List past runs with their headline figures; ★ marks the champion.
+
+    A root with no runs prints "no runs under ROOT" and exits 0; a root that does not exist
+    is an error (exit 2), since it is most likely a typo.
+    """
+    from rich.console import Console
+
+    from spark_jobs.runs import list_runs, runs_table
+
+    try:
+        found = list_runs(root)
+    except PipelineError as exc:
+        _fail(exc, verbose)
+    if not found:
+        typer.echo(f"no runs under {root} (expected <root>/runs/<run_id>/)")
+        return
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(runs_table(found, root))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Option("--run", help="run folder <root>/runs/<run_id> (local or s3://)")],
+    out: Annotated[
+        str | None, typer.Option(help="where to write (default <run>/metrics/report.html)")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Write the run's self-contained report.html and print its location."""
+    from spark_jobs.html_report import write_html_report
+
+    configure_logging("-", "report")
+    try:
+        written = write_html_report(run, out)
+    except PipelineError as exc:
+        _fail(exc, verbose)
+    typer.echo(written)
 
 
 def main() -> None:

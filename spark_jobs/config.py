@@ -34,9 +34,6 @@ class SparkConfig(_Section):
     master: str = "local[2]"
     app_name: str = "llm-decoder"
     driver_memory: str = "2g"
-    executor_memory: str = "2g"
-    executor_cores: int = Field(1, gt=0)
-    num_executors: int = Field(2, gt=0)
     # Rows (windows or token segments) per output partition.
     target_partition_size: int = Field(20_000, gt=0)
     # Extra Spark properties, passed through as-is (e.g. spark.sql.shuffle.partitions).
@@ -100,6 +97,11 @@ class TrainingConfig(_Section):
     seed: int = 1337
     sample_prompts: list[str] = Field(default_factory=lambda: ["ROMEO:", "First Citizen:\n"])
     sample_tokens: int = Field(100, gt=0)
+    # Shuffle the training windows each epoch (seeded). false keeps file order, under which
+    # ddp with k ranks x batch b sees exactly the batches of single with batch k*b.
+    shuffle: bool = True
+    # Testing aid: make the training loss NaN at this step to exercise the NaN guard.
+    debug_nan_at_step: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _splits_sum_to_one(self) -> TrainingConfig:

@@ -1,0 +1,131 @@
+"""
+### llm_decoder_emr: train the decoder on a transient EMR cluster
+
+SETUP stage the code, config and bootstrap script to `s3://<bucket>/<prefix>/runs/<run_id>/code/`
+and create the cluster · BODY add the pipeline's steps (`command-runner.jar spark-submit …`,
+`CANCEL_AND_WAIT` on failure), watch each step, collect the metrics into S3, promote the model
+if it beats the champion · TEARDOWN terminate the cluster as soon as the steps are over,
+whatever happened (collect and promote need only S3).
+
+A failed step fails the run (its FailureDetails and log file are in the sensor's log) and the
+cluster is still terminated; EMR's idle auto-termination is the second guard. Settings (cluster,
+roles, waiter delays, schedule) come from `configs/emr.yaml`; the form's Params override them per run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
+from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, chain, task
+from llm_decoder_airflow import emr, tasks
+from llm_decoder_airflow.operators import EmrCreateClusterOperator
+from llm_decoder_airflow.params import emr_params
+from llm_decoder_airflow.pipeline import STEPS, run_config
+from llm_decoder_airflow.settings import load_emr_config
+
+PIPELINE_RAW, SETTINGS = load_emr_config()
+AIRFLOW = SETTINGS.airflow
+# An update to the corpus (by a producer DAG or the REST API) can start a retraining.
+CORPUS = Asset(
+    name="llm_decoder_corpus", uri=run_config(PIPELINE_RAW, [], "configs/emr.yaml").data.corpus_path
+)
+
+if AIRFLOW.schedule and AIRFLOW.trigger_on_corpus_update:
+    schedule = AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(AIRFLOW.schedule, timezone="UTC"), assets=[CORPUS]
+    )
+elif AIRFLOW.schedule:
+    schedule = AIRFLOW.schedule
+else:
+    schedule = [CORPUS] if AIRFLOW.trigger_on_corpus_update else None
+
+# Only idempotent tasks retry: creating a cluster twice would leave one running.
+RETRIES = {"retries": AIRFLOW.retries, "retry_delay": timedelta(seconds=AIRFLOW.retry_delay_s)}
+
+with DAG(
+    dag_id="llm_decoder_emr",
+    description="Preprocess, window and train on a transient EMR cluster; metrics to S3; promote.",
+    doc_md=__doc__,
+    schedule=schedule,
+    catchup=False,
+    max_active_runs=1,
+    params=emr_params(PIPELINE_RAW, SETTINGS.emr),
+    tags=["llm-decoder", "emr", "spark", "training"],
+    default_args={"owner": AIRFLOW.owner, "retries": 0},
+) as dag:
+
+    @task(multiple_outputs=True, **RETRIES)
+    def stage(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Validate the run's config, upload code + config + bootstrap script, build the requests."""
+        return tasks.stage_emr_run(PIPELINE_RAW, SETTINGS, params, run_id)
+
+    staged = stage()
+
+    create_cluster = EmrCreateClusterOperator(
+        task_id="create_cluster",
+        job_flow_overrides=staged["job_flow"],
+        aws_conn_id=AIRFLOW.aws_conn_id,
+        emr_conn_id=AIRFLOW.emr_conn_id,
+        wait_for_completion=True,
+        waiter_delay=AIRFLOW.cluster_waiter_delay_s,
+        waiter_max_attempts=AIRFLOW.cluster_waiter_max_attempts,
+        deferrable=False,
+    )
+
+    @task(multiple_outputs=True, **RETRIES)
+    def add_steps(job_flow_id: str, specs: list) -> dict:
+        """Add the run's steps the cluster does not have yet (a retry never duplicates them)."""
+        return emr.add_missing_steps(job_flow_id, specs, AIRFLOW.aws_conn_id)
+
+    step_ids = add_steps(create_cluster.output, staged["steps"])
+
+    # A FAILED step is final: its sensor fails at once, without retries.
+    watch_steps = [
+        EmrStepSensor(
+            task_id=f"watch_{step.name}",
+            doc_md=step.description,
+            job_flow_id=create_cluster.output,
+            step_id=step_ids[step.name],
+            aws_conn_id=AIRFLOW.aws_conn_id,
+            poke_interval=AIRFLOW.step_poke_interval_s,
+            timeout=AIRFLOW.step_timeout_s,
+            mode="poke",
+            deferrable=False,
+        )
+        for step in STEPS
+    ]
+
+    @task(**RETRIES)
+    def collect_metrics(root: str, pipeline_run_id: str, job_flow_id: str, **context) -> dict:
+        """Write the run's summary.json and report.md to S3; return the headline figures."""
+        pipeline = {
+            "dag_id": context["dag"].dag_id,
+            "airflow_run_id": context["run_id"],
+            "cluster": job_flow_id,
+        }
+        return tasks.collect_metrics(root, pipeline_run_id, AIRFLOW.aws_conn_id, pipeline)
+
+    @task(**RETRIES)
+    def promote_model(root: str, summary: dict) -> dict:
+        """Point <root>/models/champion.json at this run if its val loss beats the champion's."""
+        return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id)
+
+    summary = collect_metrics(staged["root"], staged["run_id"], create_cluster.output)
+    promoted = promote_model(staged["root"], summary)
+
+    terminate_cluster = EmrTerminateJobFlowOperator(
+        task_id="terminate_cluster",
+        job_flow_id=create_cluster.output,
+        aws_conn_id=AIRFLOW.aws_conn_id,
+        deferrable=False,
+        **RETRIES,
+    )
+
+    chain(step_ids, *watch_steps, summary, promoted)
+    # Teardown: runs once the steps are over, whatever happened. Collect and promote only need
+    # S3, so the cluster does not idle while they run, and they stay leaves of the DAG: a failed
+    # step or collection still fails the run, and so does a failed termination.
+    watch_steps[-1] >> terminate_cluster
+    terminate_cluster.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True)

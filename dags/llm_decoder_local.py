@@ -1,0 +1,66 @@
+"""
+### llm_decoder_local: the whole pipeline on this machine
+
+The same steps as `llm_decoder_emr` (one pipeline definition), each run by the local
+`spark-submit` on local storage: preprocess → window → train → collect metrics → promote.
+Runs land in `<root>/runs/<run_id>/`, the champion pointer in `<root>/models/champion.json`.
+The base config is `configs/local.yaml` (or `$LLM_DECODER_LOCAL_CONFIG`); the form's Params
+override it per run. This is what `make run` and the docker-compose Airflow run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG, chain, task
+from llm_decoder_airflow import tasks
+from llm_decoder_airflow.params import local_params
+from llm_decoder_airflow.pipeline import STEPS
+from llm_decoder_airflow.settings import load_local_config
+
+PIPELINE_RAW, SETTINGS = load_local_config()
+AIRFLOW = SETTINGS.airflow
+# Every task here is idempotent: a step rewrites its own output folder.
+RETRIES = {"retries": AIRFLOW.retries, "retry_delay": timedelta(seconds=AIRFLOW.retry_delay_s)}
+
+with DAG(
+    dag_id="llm_decoder_local",
+    description="Preprocess, window and train with local Spark; collect metrics; promote.",
+    doc_md=__doc__,
+    schedule=AIRFLOW.schedule,
+    catchup=False,
+    max_active_runs=1,
+    params=local_params(PIPELINE_RAW, AIRFLOW),
+    tags=["llm-decoder", "local", "spark", "training"],
+    default_args={"owner": AIRFLOW.owner, **RETRIES},
+) as dag:
+
+    @task(multiple_outputs=True)
+    def prepare(params: dict | None = None, run_id: str | None = None) -> dict:
+        """Validate the run's config and write it to <root>/runs/<run_id>/code/config.yaml."""
+        return tasks.prepare_local_run(PIPELINE_RAW, params, run_id)
+
+    prepared = prepare()
+
+    def step_task(name: str, doc: str):
+        @task(task_id=name, doc_md=doc)
+        def run_step(prepared: dict) -> None:
+            tasks.run_local_step(name, prepared, SETTINGS)
+
+        return run_step(prepared)
+
+    steps = [step_task(step.name, step.description) for step in STEPS]
+
+    @task
+    def collect_metrics(prepared: dict, **context) -> dict:
+        """Write the run's summary.json and report.md; return the headline figures."""
+        pipeline = {"dag_id": context["dag"].dag_id, "airflow_run_id": context["run_id"]}
+        return tasks.collect_metrics(prepared["root"], prepared["run_id"], None, pipeline)
+
+    @task
+    def promote_model(prepared: dict, summary: dict) -> dict:
+        """Point <root>/models/champion.json at this run if its val loss beats the champion's."""
+        return tasks.promote_model(prepared["root"], summary, None)
+
+    summary = collect_metrics(prepared)
+    chain(*steps, summary, promote_model(prepared, summary))

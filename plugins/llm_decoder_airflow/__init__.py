@@ -1,0 +1,5 @@
+"""Airflow-side code of llm-decoder: the pipeline definition, EMR specs, staging, metrics, promotion.
+
+Nothing here imports torch, pyspark, pandas or numpy at module level: the DAG files import
+these modules, and the scheduler parses DAG files often.
+"""

@@ -1,0 +1,210 @@
+"""The EMR side as plain data: the cluster request and the step requests of one run.
+
+`cluster_spec` is the `run_job_flow` request (EmrCreateJobFlowOperator's job_flow_overrides);
+`step_specs` are the `add_job_flow_steps` requests, one `command-runner.jar spark-submit ...`
+per pipeline step. `add_missing_steps` adds only the steps the cluster does not already
+have, so a retried task never queues a step twice (apache/airflow#28704).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from llm_decoder_airflow.files import join
+from llm_decoder_airflow.pipeline import STEPS, Step, spark_submit_args
+from llm_decoder_airflow.settings import EmrSettings
+
+log = logging.getLogger(__name__)
+
+PROJECT_TAG = "llm-decoder"
+# The bootstrap action builds this virtualenv on every node; Spark's Python comes from it.
+NODE_VENV = "/opt/llm-decoder/venv"
+NODE_PYTHON = f"{NODE_VENV}/bin/python"
+BOOTSTRAP_SCRIPT = "install_python_deps.sh"
+CODE_ARCHIVE = "spark_jobs.zip"
+REQUIREMENTS = "requirements.txt"
+CONFIG_FILE = "config.yaml"
+# A failed step cancels the ones after it and leaves the cluster to the teardown task.
+ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
+
+
+def settings_for_run(emr: EmrSettings, params: Mapping[str, Any]) -> EmrSettings:
+    """The configured cluster settings with the trigger form's choices applied."""
+    update = {
+        "core_instance_type": params.get("instance_type"),
+        "core_instance_count": params.get("instance_count"),
+        "release_label": params.get("release_label"),
+        "bucket": params.get("bucket"),
+        "prefix": params.get("prefix"),
+    }
+    return emr.model_copy(update={k: v for k, v in update.items() if v is not None})
+
+
+def run_root(emr: EmrSettings) -> str:
+    prefix = emr.prefix.strip("/")
+    return f"s3://{emr.bucket}/{prefix}" if prefix else f"s3://{emr.bucket}"
+
+
+def log_uri(emr: EmrSettings) -> str:
+    return emr.log_uri or join(run_root(emr), "emr-logs") + "/"
+
+
+def step_name(step: Step, run_id: str) -> str:
+    """Step names carry the run id: add_missing_steps finds a run's steps by name."""
+    return f"{step.name} [{run_id}]"
+
+
+def step_of(name: str) -> str:
+    """The pipeline step of an EMR step name (the inverse of step_name)."""
+    return name.split(" [", 1)[0]
+
+
+def _instance_group(name: str, role: str, instance_type: str, count: int, ebs_gb: int) -> dict[str, Any]:
+    return {
+        "Name": name,
+        "InstanceRole": role,
+        "Market": "ON_DEMAND",
+        "InstanceType": instance_type,
+        "InstanceCount": count,
+        "EbsConfiguration": {
+            "EbsBlockDeviceConfigs": [
+                {"VolumeSpecification": {"VolumeType": "gp3", "SizeInGB": ebs_gb}, "VolumesPerInstance": 1}
+            ]
+        },
+    }
+
+
+def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
+    """The run_job_flow request for one run's cluster."""
+    groups = [
+        _instance_group("master", "MASTER", emr.master_instance_type, 1, emr.ebs_volume_gb),
+        _instance_group("core", "CORE", emr.core_instance_type, emr.core_instance_count, emr.ebs_volume_gb),
+    ]
+    if emr.task_instance_type and emr.task_instance_count > 0:
+        task = _instance_group(
+            "task", "TASK", emr.task_instance_type, emr.task_instance_count, emr.ebs_volume_gb
+        )
+        task["Market"] = emr.task_market
+        groups.append(task)
+
+    instances: dict[str, Any] = {
+        "InstanceGroups": groups,
+        # Steps are added after creation; the teardown task ends the cluster.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if emr.ec2_subnet_id:
+        instances["Ec2SubnetId"] = emr.ec2_subnet_id
+    if emr.ec2_key_name:
+        instances["Ec2KeyName"] = emr.ec2_key_name
+
+    spark_defaults = {
+        "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
+        "spark.executor.memory": emr.executor_memory,
+        "spark.driver.memory": emr.driver_memory,
+        "spark.executor.cores": str(emr.executor_cores),
+        "spark.pyspark.python": NODE_PYTHON,
+        "spark.pyspark.driver.python": NODE_PYTHON,
+        "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
+        "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
+    }
+    spec: dict[str, Any] = {
+        "Name": f"llm-decoder-{run_id}",
+        "ReleaseLabel": emr.release_label,
+        "LogUri": log_uri(emr),
+        "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
+        "Instances": instances,
+        "BootstrapActions": [
+            {
+                "Name": "install-python-deps",
+                "ScriptBootstrapAction": {
+                    "Path": join(code, BOOTSTRAP_SCRIPT),
+                    "Args": [
+                        "--python",
+                        emr.python_version,
+                        "--venv",
+                        NODE_VENV,
+                        "--requirements",
+                        join(code, REQUIREMENTS),
+                        "--torch",
+                        "gpu" if emr.gpu else "cpu",
+                    ],
+                },
+            }
+        ],
+        "Configurations": [
+            {
+                "Classification": "spark-env",
+                "Configurations": [
+                    {
+                        "Classification": "export",
+                        "Properties": {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON},
+                    }
+                ],
+            },
+            {"Classification": "spark-defaults", "Properties": spark_defaults},
+        ],
+        "JobFlowRole": emr.job_flow_role,
+        "ServiceRole": emr.service_role,
+        "VisibleToAllUsers": True,
+        "StepConcurrencyLevel": 1,
+        # A second guard: EMR itself ends a cluster left idle (e.g. a teardown that never ran).
+        "AutoTerminationPolicy": {"IdleTimeout": emr.idle_timeout_s},
+        "Tags": [
+            {"Key": "project", "Value": PROJECT_TAG},
+            {"Key": "run_id", "Value": run_id},
+            *({"Key": k, "Value": v} for k, v in sorted(emr.tags.items())),
+        ],
+    }
+    if emr.security_configuration:
+        spec["SecurityConfiguration"] = emr.security_configuration
+    return spec
+
+
+def emr_submit_options(code: str) -> list[str]:
+    # Cluster mode: the driver runs in YARN, so a lost Airflow worker does not kill the step.
+    return ["--deploy-mode", "cluster", "--py-files", join(code, CODE_ARCHIVE)]
+
+
+def step_specs(run_id: str, code: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
+    """The add_job_flow_steps requests, in pipeline order."""
+    specs = []
+    for step in STEPS:
+        args = spark_submit_args(
+            step,
+            script=join(code, step.script),
+            config_uri=join(code, CONFIG_FILE),
+            overrides=overrides,
+            submit_options=emr_submit_options(code),
+        )
+        specs.append(
+            {
+                "Name": step_name(step, run_id),
+                "ActionOnFailure": ACTION_ON_FAILURE,
+                "HadoopJarStep": {"Jar": "command-runner.jar", "Args": args},
+            }
+        )
+    return specs
+
+
+def add_missing_steps(job_flow_id: str, specs: Sequence[Mapping[str, Any]], aws_conn_id: str | None) -> dict:
+    """Add the steps the cluster lacks (matched by name); return {step name: step id} in order."""
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+    hook = EmrHook(aws_conn_id=aws_conn_id)
+    existing: dict[str, str] = {}
+    for page in hook.conn.get_paginator("list_steps").paginate(ClusterId=job_flow_id):
+        for summary in page["Steps"]:
+            existing.setdefault(summary["Name"], summary["Id"])
+    missing = [dict(spec) for spec in specs if spec["Name"] not in existing]
+    found = [spec["Name"] for spec in specs if spec["Name"] in existing]
+    if found:
+        log.info("steps already on cluster %s (not added again): %s", job_flow_id, found)
+    if missing:
+        ids = hook.add_job_flow_steps(job_flow_id=job_flow_id, steps=missing, wait_for_completion=False)
+        existing.update({spec["Name"]: step_id for spec, step_id in zip(missing, ids, strict=True)})
+    by_step = {step_of(spec["Name"]): existing[spec["Name"]] for spec in specs}
+    log.info("cluster %s steps: %s", job_flow_id, by_step)
+    return by_step

@@ -1,0 +1,83 @@
+"""Reading and writing a run's small files (JSON, Markdown, code) on S3 or a local disk.
+
+S3 goes through the amazon provider's S3Hook, so the Airflow connection (credentials,
+region, endpoint) decides where; local paths are plain files. The run layout mirrors
+spark_jobs.storage, which this module does not import: pyarrow pulls in numpy, and the DAG
+files must parse without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return posixpath.join("s3://" + base.split("://", 1)[1].rstrip("/"), *parts)
+    return os.path.join(str(Path(base).expanduser().resolve()), *parts)
+
+
+def run_dir(root: str, run_id: str) -> str:
+    return join(root, "runs", run_id)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/key → (bucket, key)."""
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    return bucket, key
+
+
+class RunFiles:
+    """Small-file access by URI; S3 through S3Hook(aws_conn_id)."""
+
+    def __init__(self, aws_conn_id: str | None = "aws_default") -> None:
+        self.aws_conn_id = aws_conn_id
+        self._hook = None
+
+    @property
+    def s3(self):
+        if self._hook is None:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            self._hook = S3Hook(aws_conn_id=self.aws_conn_id)
+        return self._hook
+
+    def exists(self, uri: str) -> bool:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return self.s3.check_for_key(key, bucket_name=bucket)
+        return Path(uri).exists()
+
+    def read_text(self, uri: str) -> str | None:
+        """The file's text, or None when it does not exist."""
+        if is_s3(uri):
+            if not self.exists(uri):
+                return None
+            bucket, key = split_s3(uri)
+            return self.s3.read_key(key, bucket_name=bucket)
+        path = Path(uri)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            self.s3.load_bytes(data, key=key, bucket_name=bucket, replace=True)
+        else:
+            path = Path(uri)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)  # a reader never sees half a file
+        log.info("wrote %s (%d bytes)", uri, len(data))
+
+    def write_text(self, uri: str, text: str) -> None:
+        self.write_bytes(uri, text.encode("utf-8"))

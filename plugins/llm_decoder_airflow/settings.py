@@ -1,0 +1,141 @@
+"""Airflow-only settings: where the cluster runs, how long to wait, when to retrain.
+
+They live in the `emr:` and `airflow:` sections of `configs/emr.yaml`, beside the pipeline's
+own sections (`spark`, `model`, `training`, `data`, `run`). The Spark steps never see them:
+`split_config` separates the two, because the steps' `PipelineConfig` forbids unknown keys.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from spark_jobs.config import PipelineConfig
+from spark_jobs.errors import ConfigError
+
+# The repository (or the image's copy of it): dags/, plugins/, configs/ and spark_jobs/ live here.
+PROJECT_ROOT = Path(os.environ.get("LLM_DECODER_HOME") or Path(__file__).resolve().parents[2])
+EMR_CONFIG_ENV = "LLM_DECODER_EMR_CONFIG"
+LOCAL_CONFIG_ENV = "LLM_DECODER_LOCAL_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmrSettings(_Section):
+    bucket: str = "llm-decoder-artifacts"
+    prefix: str = "llm-decoder"
+    region: str = "us-east-1"
+    # emr-7.12.0 ships Spark 3.5.6, the pyspark pinned in pyproject.toml.
+    release_label: str = "emr-7.12.0"
+    master_instance_type: str = "m5.xlarge"
+    core_instance_type: str = "m5.xlarge"
+    core_instance_count: int = Field(2, ge=1)
+    # Optional spot task nodes: extra executors that may be reclaimed.
+    task_instance_type: str | None = None
+    task_instance_count: int = Field(0, ge=0)
+    task_market: str = "SPOT"
+    ebs_volume_gb: int = Field(64, ge=16)
+    job_flow_role: str = "EMR_EC2_DefaultRole"
+    service_role: str = "EMR_DefaultRole"
+    ec2_subnet_id: str | None = None
+    ec2_key_name: str | None = None
+    security_configuration: str | None = None
+    # s3:// URI for the cluster's logs; None: s3://<bucket>/<prefix>/emr-logs/.
+    log_uri: str | None = None
+    # Second guard after the teardown task: EMR ends a cluster idle this long.
+    idle_timeout_s: int = Field(3600, ge=60, le=604800)
+    # The bootstrap action installs the GPU build of torch when true.
+    gpu: bool = False
+    executor_memory: str = "4g"
+    driver_memory: str = "4g"
+    executor_cores: int = Field(2, ge=1)
+    python_version: str = "3.11"
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AirflowSettings(_Section):
+    aws_conn_id: str = "aws_default"
+    # None: the create operator starts from an empty request, not from an `emr_default` connection.
+    emr_conn_id: str | None = None
+    owner: str = "llm-decoder"
+    # A cron or preset (e.g. "@weekly"); None: manual triggers and corpus updates only.
+    schedule: str | None = None
+    # Retries of the idempotent tasks only (stage, add steps, collect, promote, terminate).
+    retries: int = Field(2, ge=0)
+    retry_delay_s: int = Field(60, ge=0)
+    cluster_waiter_delay_s: int = Field(60, ge=1)
+    cluster_waiter_max_attempts: int = Field(60, ge=1)
+    step_poke_interval_s: int = Field(60, ge=1)
+    step_timeout_s: int = Field(6 * 3600, ge=1)
+    # Also start a run when the corpus Asset is updated (a producer DAG or the REST API).
+    trigger_on_corpus_update: bool = True
+    # Local DAG: the spark-submit master and where runs are written.
+    local_master: str = "local[2]"
+    local_root: str = "output"
+
+
+class Settings(_Section):
+    emr: EmrSettings = Field(default_factory=EmrSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+
+
+AIRFLOW_SECTIONS = ("emr", "airflow")
+
+
+def split_config(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], Settings]:
+    """Separate the Spark steps' sections from the Airflow-only ones; validate both."""
+    pipeline_raw = {k: v for k, v in raw.items() if k not in AIRFLOW_SECTIONS}
+    unknown = sorted(set(pipeline_raw) - set(PipelineConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section '{unknown[0]}'")
+    try:
+        settings = Settings.model_validate({k: raw[k] for k in AIRFLOW_SECTIONS if raw.get(k) is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {key}: {err['msg']}") from None
+    return pipeline_raw, settings
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    return raw
+
+
+def emr_config_path() -> Path:
+    return Path(os.environ.get(EMR_CONFIG_ENV) or PROJECT_ROOT / "configs" / "emr.yaml")
+
+
+def local_config_path() -> Path:
+    return Path(os.environ.get(LOCAL_CONFIG_ENV) or PROJECT_ROOT / "configs" / "local.yaml")
+
+
+def load_emr_config() -> tuple[dict[str, Any], Settings]:
+    """configs/emr.yaml (or $LLM_DECODER_EMR_CONFIG): the steps' raw config and the settings."""
+    path = emr_config_path()
+    return split_config(read_yaml(path), str(path))
+
+
+def load_local_config() -> tuple[dict[str, Any], Settings]:
+    """configs/local.yaml (or $LLM_DECODER_LOCAL_CONFIG); it may carry an `airflow:` section too."""
+    path = local_config_path()
+    raw = read_yaml(path)
+    # A local step that failed fails again the same way: no retries unless configured.
+    if not isinstance(raw.get("airflow"), dict):
+        raw["airflow"] = {}
+    raw["airflow"].setdefault("retries", 0)
+    return split_config(raw, str(path))

@@ -1,0 +1,84 @@
+"""Staging a run: the code archive, the entry scripts, the rendered config and the bootstrap
+script, uploaded to `<root>/runs/<run_id>/code/` (s3:// through S3Hook, or a local folder).
+
+The steps on the cluster then need nothing but S3: `spark-submit --py-files spark_jobs.zip
+s3://.../code/<step>.py --config s3://.../code/config.yaml ...`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import logging
+import re
+import tomllib
+import zipfile
+from pathlib import Path
+
+from llm_decoder_airflow.emr import BOOTSTRAP_SCRIPT, CODE_ARCHIVE, CONFIG_FILE, REQUIREMENTS
+from llm_decoder_airflow.files import RunFiles, join
+from llm_decoder_airflow.pipeline import STEPS, package_dir
+from llm_decoder_airflow.settings import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_PATH = Path(__file__).parent / "bootstrap" / BOOTSTRAP_SCRIPT
+DISTRIBUTION = "llm-decoder"
+# EMR provides Spark (and its pyspark) itself; installing another would shadow it.
+PROVIDED_BY_EMR = {"pyspark"}
+# A fixed timestamp keeps the archive byte-identical for identical code.
+_ZIP_DATE = (2020, 1, 1, 0, 0, 0)
+
+
+def build_code_archive() -> bytes:
+    """spark_jobs/ as a zip for --py-files (sources only, in a stable order)."""
+    package = package_dir()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(package.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            info = zipfile.ZipInfo(str(Path("spark_jobs") / path.relative_to(package)), _ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def entry_scripts() -> dict[str, bytes]:
+    """{file name: source} of each step's entry script."""
+    package = package_dir()
+    return {step.script: (package / step.script).read_bytes() for step in STEPS}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
+
+
+def runtime_requirements() -> str:
+    """The project's pinned runtime dependencies, minus what EMR provides, one per line."""
+    try:
+        requires = importlib.metadata.requires(DISTRIBUTION) or []
+        requirements = [r for r in requires if "extra ==" not in r]
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+        requirements = list(pyproject["project"]["dependencies"])
+    kept = [r.split(";")[0].strip() for r in requirements if _name(r) not in PROVIDED_BY_EMR]
+    return "\n".join(kept) + "\n"
+
+
+def stage_code(files: RunFiles, code: str, config_yaml: str) -> dict[str, str]:
+    """Upload everything one run's EMR steps and bootstrap action need; return {name: uri}."""
+    uploads = {
+        CODE_ARCHIVE: build_code_archive(),
+        CONFIG_FILE: config_yaml.encode("utf-8"),
+        REQUIREMENTS: runtime_requirements().encode("utf-8"),
+        BOOTSTRAP_SCRIPT: BOOTSTRAP_PATH.read_bytes(),
+        **entry_scripts(),
+    }
+    staged = {}
+    for name, data in uploads.items():
+        uri = join(code, name)
+        files.write_bytes(uri, data)
+        staged[name] = uri
+    log.info("staged %d files under %s", len(staged), code)
+    return staged

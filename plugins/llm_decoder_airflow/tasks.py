@@ -1,0 +1,146 @@
+"""What the DAGs' Python tasks do; the DAG files only wire these together.
+
+Each function takes plain values (the run's Params, the Airflow run id, the settings) and
+returns JSON-serialisable dicts, so it is usable and testable outside a running task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+from llm_decoder_airflow import emr
+from llm_decoder_airflow.collect import collect_run
+from llm_decoder_airflow.files import RunFiles, join
+from llm_decoder_airflow.pipeline import (
+    code_uri,
+    config_overrides,
+    local_script,
+    local_submit_options,
+    run_config,
+    run_id_from_airflow,
+    spark_submit_args,
+    spark_submit_binary,
+    step_by_name,
+)
+from llm_decoder_airflow.promote import promote
+from llm_decoder_airflow.settings import Settings
+from llm_decoder_airflow.staging import stage_code
+from spark_jobs.config import dump_config
+from spark_jobs.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+
+def check_aws(aws_conn_id: str | None, bucket: str) -> None:
+    """Fail early, with one clear line, when the AWS connection or the bucket is missing."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk import BaseHook
+
+    if aws_conn_id:
+        try:
+            BaseHook.get_connection(aws_conn_id)
+        except Exception:
+            raise ConfigError(
+                f"AWS connection '{aws_conn_id}' is not defined: create it in the UI or set "
+                f"AIRFLOW_CONN_{aws_conn_id.upper()} (configs/emr.yaml airflow.aws_conn_id)"
+            ) from None
+    if not S3Hook(aws_conn_id=aws_conn_id).check_for_bucket(bucket):
+        raise InputError(
+            f"S3 bucket '{bucket}' does not exist or is not readable with connection '{aws_conn_id}' "
+            "(Param bucket / configs/emr.yaml emr.bucket)"
+        )
+
+
+def stage_emr_run(
+    pipeline_raw: Mapping[str, Any], settings: Settings, params: Mapping[str, Any], airflow_run_id: str
+) -> dict[str, Any]:
+    """Validate the run's config, upload code + config + bootstrap, build the cluster and step requests."""
+    cluster = emr.settings_for_run(settings.emr, params)
+    run_id = run_id_from_airflow(airflow_run_id)
+    root = emr.run_root(cluster)
+    overrides = config_overrides(params, root, run_id)
+    config = run_config(pipeline_raw, overrides, source="EMR run config (Params + configs/emr.yaml)")
+    check_aws(settings.airflow.aws_conn_id, cluster.bucket)
+
+    code = code_uri(root, run_id)
+    stage_code(RunFiles(settings.airflow.aws_conn_id), code, dump_config(config))
+    return {
+        "run_id": run_id,
+        "root": root,
+        "code": code,
+        "job_flow": emr.cluster_spec(cluster, run_id, code),
+        "steps": emr.step_specs(run_id, code, overrides),
+    }
+
+
+def prepare_local_run(
+    pipeline_raw: Mapping[str, Any], params: Mapping[str, Any], airflow_run_id: str
+) -> dict[str, Any]:
+    """Validate and write the run's config under <root>/runs/<run_id>/code/."""
+    run_id = run_id_from_airflow(airflow_run_id)
+    root = params["root"]
+    overrides = config_overrides(params, root, run_id)
+    config = run_config(pipeline_raw, overrides, source="local run config (Params + config)")
+    config_uri = join(code_uri(root, run_id), emr.CONFIG_FILE)
+    RunFiles(aws_conn_id=None).write_text(config_uri, dump_config(config))
+    return {
+        "run_id": run_id,
+        "root": root,
+        "config_uri": config_uri,
+        "overrides": overrides,
+        "driver_memory": config.spark.driver_memory,
+    }
+
+
+def local_step_args(step_name: str, prepared: Mapping[str, Any], settings: Settings) -> list[str]:
+    step = step_by_name(step_name)
+    return spark_submit_args(
+        step,
+        script=local_script(step),
+        config_uri=prepared["config_uri"],
+        overrides=prepared["overrides"],
+        submit_options=local_submit_options(settings.airflow.local_master, prepared["driver_memory"]),
+        spark_submit=spark_submit_binary(),
+    )
+
+
+def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settings) -> None:
+    """Run one step with the local spark-submit; its output goes to the task log."""
+    args = local_step_args(step_name, prepared, settings)
+    log.info("running: %s", " ".join(args))
+    env = {
+        **os.environ,
+        # Spark's Python workers must use this interpreter (the venv's), and loopback.
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+    }
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            tail.append(line)
+            log.info("%s", line)
+    if process.returncode != 0:
+        errors = [line for line in tail if line.startswith("error:")]
+        reason = errors[-1] if errors else (tail[-1] if tail else "no output")
+        raise RuntimeError(f"{step_name} step failed (exit {process.returncode}): {reason}")
+
+
+def collect_metrics(
+    root: str, run_id: str, aws_conn_id: str | None, pipeline: Mapping[str, Any]
+) -> dict[str, Any]:
+    return collect_run(RunFiles(aws_conn_id), root, run_id, pipeline)
+
+
+def promote_model(root: str, summary: Mapping[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
+    return promote(RunFiles(aws_conn_id), root, summary)

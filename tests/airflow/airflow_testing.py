@@ -1,0 +1,190 @@
+"""Constants and the EMR harness shared by the Airflow tests (conftest.py puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SCRATCH = Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "airflow-tests"
+SCRATCH.mkdir(parents=True, exist_ok=True)
+LOCAL_ROOT = SCRATCH / "local-root"
+BUCKET = "llm-test-bucket"
+PREFIX = "llm"
+CORPUS_KEY = "data/small.txt"
+REGION = "us-east-1"
+
+
+def corpus_slice() -> str:
+    """The first ~20 kB of Tiny Shakespeare, cut at a paragraph: the local and EMR runs' corpus."""
+    text = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
+    return text[: text.rfind("\n\n") + 1]
+
+
+# One small model for every DAG test: the local DAG and the replayed EMR steps must agree.
+TINY = {
+    "spark": {"master": "local[2]", "driver_memory": "1g", "target_partition_size": 5000},
+    "model": {
+        "kind": "gpt",
+        "window_size": 16,
+        "embedding_size": 32,
+        "hidden_size": 64,
+        "num_layers": 1,
+        "num_heads": 2,
+    },
+    "training": {
+        "strategy": "single",
+        "batch_size": 16,
+        "num_epochs": 1,
+        "max_steps": 60,
+        "learning_rate": 0.003,
+        "warmup_steps": 5,
+        "eval_interval": 20,
+        "eval_batches": 4,
+        "checkpoint_interval": 30,
+        "log_interval": 10,
+        "histogram_interval": 30,
+        "sample_tokens": 20,
+    },
+    "data": {"vocab_size": 300, "window_stride": 4},
+}
+FAST_AIRFLOW = {
+    "retries": 0,
+    "retry_delay_s": 1,
+    "cluster_waiter_delay_s": 1,
+    "cluster_waiter_max_attempts": 30,
+    "step_poke_interval_s": 1,
+    "step_timeout_s": 120,
+    "schedule": None,
+}
+
+
+METRICS_FIXTURE = {
+    "model_kind": "gpt",
+    "strategy": "single",
+    "num_workers": 1,
+    "steps": 60,
+    "train_loss": 3.1,
+    "val_loss": 3.4,
+    "first_val_loss": 5.6,
+    "val_accuracy": 0.21,
+    "val_bits_per_char": 2.9,
+    "tokens_per_s": 12000.0,
+    "wall_s": 42.0,
+}
+
+
+def fresh_dag(dag_id: str):
+    """The DAG parsed anew: dag.test() runs tasks in this process, and a run's conf stays in the
+    task objects' params, so reusing a DAG object would leak one test's Params into the next."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags")).get_dag(dag_id)
+
+
+def step_base_name(name: str) -> str:
+    return name.split(" [", 1)[0]
+
+
+def set_option(args: list[str], key: str) -> str | None:
+    """The value of `--set key=...` in a step's arguments."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "--set" and value.startswith(f"{key}="):
+            return value.split("=", 1)[1]
+    return None
+
+
+class EmrHarness:
+    """Walks moto's EMR backend and moves steps on: PENDING → RUNNING → COMPLETED, or FAILED
+    for `fail_step` (then the later steps CANCELLED, as ActionOnFailure=CANCEL_AND_WAIT does).
+
+    On completion of a step it writes a stand-in for that step's metrics into S3, so that
+    collection has something to read.
+    """
+
+    def __init__(self, s3_client, fail_step: str | None = None, step_seconds: float = 0.3) -> None:
+        self.s3 = s3_client
+        self.fail_step = fail_step
+        self.step_seconds = step_seconds
+        self.completed: list[str] = []
+        self._started: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="emr-harness", daemon=True)
+
+    def __enter__(self) -> EmrHarness:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _backend(self):
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.emr.models import emr_backends
+
+        return emr_backends[DEFAULT_ACCOUNT_ID][REGION]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for cluster in list(self._backend().clusters.values()):
+                if cluster.state in ("RUNNING", "WAITING"):
+                    self._advance(cluster)
+            time.sleep(0.05)
+
+    def _advance(self, cluster) -> None:
+        from moto.core.utils import utcnow
+
+        active = next((s for s in cluster.steps if s.state in ("PENDING", "RUNNING")), None)
+        if active is None:
+            cluster.state = "WAITING"
+            return
+        started = self._started.setdefault(active.id, time.monotonic())
+        if active.state == "PENDING":
+            active.state = "RUNNING"
+            active.start()
+            return
+        if time.monotonic() - started < self.step_seconds:
+            return
+        name = step_base_name(active.name)
+        active.end_date_time = utcnow()
+        if name == self.fail_step:
+            active.failure_details = {
+                "Reason": f"{name} exited with code 2",
+                "Message": f"error: {name}: simulated failure of the {name} step",
+                "LogFile": f"s3://{BUCKET}/{PREFIX}/emr-logs/{cluster.id}/steps/{active.id}/stderr.gz",
+            }
+            active.state = "FAILED"
+            for later in cluster.steps:
+                if later.state == "PENDING":
+                    later.state = "CANCELLED"
+            cluster.state = "WAITING"
+            return
+        self._write_outputs(name, list(active.args))
+        active.state = "COMPLETED"
+        self.completed.append(name)
+
+    def _write_outputs(self, step: str, args: list[str]) -> None:
+        root = set_option(args, "run.root")
+        run_id = set_option(args, "run.id")
+        if root is None or run_id is None:
+            return
+        bucket, _, prefix = root[len("s3://") :].partition("/")
+        run = f"{prefix}/runs/{run_id}"
+        if step == "preprocess":
+            stats = {"documents": 1, "tokens": 9000, "vocab_size": 300, "chars_per_token": 4.1}
+            self.s3.put_object(Bucket=bucket, Key=f"{run}/preprocess/stats.json", Body=json.dumps(stats))
+        elif step == "window":
+            dist = {"window_size": 16, "train": {"windows": 2000}, "val": {"windows": 200}}
+            self.s3.put_object(
+                Bucket=bucket, Key=f"{run}/window/data_distribution.json", Body=json.dumps(dist)
+            )
+        elif step == "train":
+            summary = {**METRICS_FIXTURE, "run_id": run_id}
+            self.s3.put_object(Bucket=bucket, Key=f"{run}/metrics/summary.json", Body=json.dumps(summary))

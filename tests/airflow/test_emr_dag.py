@@ -1,0 +1,162 @@
+"""The EMR DAG end to end with dag.test() against a moto server on 127.0.0.1.
+
+Real provider operators, real boto3 over HTTP; the harness (conftest) moves EMR steps on,
+which moto never does. Each run must end with its cluster TERMINATED, whatever failed.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name
+from llm_decoder_airflow.collect import HEADLINE_KEYS
+from llm_decoder_airflow.pipeline import STEP_NAMES
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def run_emr_dag(dagbag, conf: dict | None = None) -> tuple[str, dict[str, str]]:
+    """Run llm_decoder_emr with dag.test(); return the run's state and its task states."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    dag = fresh_dag("llm_decoder_emr")
+    dag_run = dag.test(run_conf=conf or {})
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id
+        )
+        states = {ti.task_id: str(ti.state) for ti in tis}
+    return str(dag_run.state), states
+
+
+def clusters_of_run(emr_client, known: set[str]) -> list[dict]:
+    """The clusters this test created (those not in `known`)."""
+    found = emr_client.list_clusters()["Clusters"]
+    return [c for c in found if c["Id"] not in known]
+
+
+def all_cluster_ids(emr_client) -> set[str]:
+    return {c["Id"] for c in emr_client.list_clusters()["Clusters"]}
+
+
+def test_success_path(dagbag, harness, s3, emr_client):
+    before = all_cluster_ids(emr_client)
+    with harness() as h:
+        state, tasks = run_emr_dag(dagbag)
+    assert state == "success", tasks
+    assert set(tasks.values()) == {"success"}
+    assert h.completed == list(STEP_NAMES)
+
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] == "TERMINATED"
+    assert detail["ReleaseLabel"] == "emr-7.12.0"
+    tags = {t["Key"]: t["Value"] for t in detail["Tags"]}
+    assert tags["project"] == "llm-decoder"
+    run_id = tags["run_id"]
+
+    steps = emr_client.list_steps(ClusterId=cluster["Id"])["Steps"]
+    assert sorted(step_base_name(s["Name"]) for s in steps) == sorted(STEP_NAMES)
+    assert all(s["Status"]["State"] == "COMPLETED" for s in steps)
+    assert all(s["ActionOnFailure"] == "CANCEL_AND_WAIT" for s in steps)
+
+    run = f"{PREFIX}/runs/{run_id}"
+    summary = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{run}/summary.json")["Body"].read())
+    assert set(HEADLINE_KEYS) <= set(summary)
+    assert summary["run_id"] == run_id and summary["val_loss"] == 3.4
+    assert summary["status"] == "complete" and summary["missing"] == []
+    assert summary["pipeline"]["cluster"] == cluster["Id"]
+    report = s3.get_object(Bucket=BUCKET, Key=f"{run}/report.md")["Body"].read().decode()
+    assert "| val_loss | 3.4 |" in report
+
+    staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{run}/code/")["Contents"]
+    names = {o["Key"].rsplit("/", 1)[1] for o in staged}
+    assert {"spark_jobs.zip", "config.yaml", "install_python_deps.sh", "requirements.txt"} <= names
+    assert {"preprocess.py", "window.py", "train.py"} <= names
+
+    champion = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{PREFIX}/models/champion.json")["Body"].read())
+    assert champion["val_loss"] <= 3.4
+
+
+@pytest.mark.parametrize("failing", STEP_NAMES)
+def test_a_failed_step_fails_the_run_and_terminates_the_cluster(failing, dagbag, harness, emr_client, capfd):
+    before = all_cluster_ids(emr_client)
+    with harness(fail_step=failing) as h:
+        state, tasks = run_emr_dag(dagbag)
+    assert state == "failed", tasks
+    assert tasks[f"watch_{failing}"] == "failed"
+    assert tasks["terminate_cluster"] == "success"
+    assert tasks["collect_metrics"] == "upstream_failed"
+    assert tasks["promote_model"] == "upstream_failed"
+    assert h.completed == list(STEP_NAMES[: STEP_NAMES.index(failing)])
+
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] == "TERMINATED"
+    steps = emr_client.list_steps(ClusterId=cluster["Id"])["Steps"]
+    names = [step_base_name(s["Name"]) for s in steps]
+    assert sorted(names) == sorted(STEP_NAMES)  # each step added exactly once
+    states = {step_base_name(s["Name"]): s["Status"]["State"] for s in steps}
+    assert states[failing] == "FAILED"
+    assert all(states[later] == "CANCELLED" for later in STEP_NAMES[STEP_NAMES.index(failing) + 1 :])
+    log = capfd.readouterr().out  # dag.test() prints the task logs
+    assert f"simulated failure of the {failing} step" in log
+    assert "stderr.gz" in log  # the failing step's log location
+
+
+def test_cluster_creation_failure_fails_the_run_and_terminates(dagbag, emr_moto, s3, emr_client, capfd):
+    from moto.core.utils import utcnow
+    from moto.emr.models import Cluster
+
+    def bootstrap_fails(self):
+        self.state = "TERMINATED_WITH_ERRORS"
+        self.last_state_change_reason = "bootstrap action 1 returned a non-zero return code"
+        self.end_datetime = utcnow()
+
+    emr_moto.setattr(Cluster, "run_bootstrap_actions", bootstrap_fails)
+    before = all_cluster_ids(emr_client)
+    state, tasks = run_emr_dag(dagbag)
+    assert state == "failed", tasks
+    assert tasks["create_cluster"] == "failed"
+    assert "bootstrap action 1 returned a non-zero return code" in capfd.readouterr().out
+    assert tasks["add_steps"] == "upstream_failed"
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] in ("TERMINATED", "TERMINATED_WITH_ERRORS")
+    assert emr_client.list_steps(ClusterId=cluster["Id"])["Steps"] == []
+
+
+def test_add_steps_twice_adds_each_step_once(s3, emr_client):
+    from llm_decoder_airflow.emr import add_missing_steps, step_specs
+
+    cluster = emr_client.run_job_flow(
+        Name="idempotence",
+        ReleaseLabel="emr-7.12.0",
+        Instances={
+            "InstanceCount": 1,
+            "MasterInstanceType": "m5.xlarge",
+            "KeepJobFlowAliveWhenNoSteps": True,
+        },
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+    )["JobFlowId"]
+    specs = step_specs("r1", f"s3://{BUCKET}/{PREFIX}/runs/r1/code", ["run.id=r1"])
+    first = add_missing_steps(cluster, specs[:1], "aws_default")  # an attempt that died half-way
+    second = add_missing_steps(cluster, specs, "aws_default")
+    third = add_missing_steps(cluster, specs, "aws_default")
+    assert second == third and list(second) == list(STEP_NAMES)
+    assert second["preprocess"] == first["preprocess"]
+    assert len(emr_client.list_steps(ClusterId=cluster)["Steps"]) == len(STEP_NAMES)
+    emr_client.terminate_job_flows(JobFlowIds=[cluster])
+
+
+def test_missing_bucket_fails_before_any_cluster(dagbag, harness, emr_client, capfd):
+    before = all_cluster_ids(emr_client)
+    with harness():
+        state, tasks = run_emr_dag(dagbag, {"bucket": "no-such-bucket"})
+    assert state == "failed"
+    assert tasks["stage"] == "failed"
+    assert clusters_of_run(emr_client, before) == []
+    assert "S3 bucket 'no-such-bucket' does not exist" in capfd.readouterr().out

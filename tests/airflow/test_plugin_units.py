@@ -1,0 +1,225 @@
+"""The plugin's pure parts: pipeline definition, EMR requests, staging, collection, promotion."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zipfile
+
+import pytest
+import yaml
+from airflow_testing import REPO
+from llm_decoder_airflow import emr, pipeline, staging
+from llm_decoder_airflow.collect import HEADLINE_KEYS, collect_run
+from llm_decoder_airflow.files import RunFiles
+from llm_decoder_airflow.promote import champion_uri, decide, promote
+from llm_decoder_airflow.settings import EmrSettings, read_yaml, split_config
+
+from spark_jobs.config import RUN_ID_PATTERN
+from spark_jobs.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "airflow_run_id",
+    [
+        "manual__2026-11-28T12:00:00.123456+00:00",
+        "scheduled__2026-11-28T00:00:00+00:00",
+        "__odd id/with:chars",
+    ],
+)
+def test_run_ids_are_safe(airflow_run_id):
+    run_id = pipeline.run_id_from_airflow(airflow_run_id)
+    assert re.match(RUN_ID_PATTERN, run_id)
+    assert "/" not in run_id and ":" not in run_id
+
+
+def test_overrides_round_trip_through_the_steps_config():
+    params = {
+        "corpus_uri": "s3://b/data/a: b.txt",
+        "embeddings_uri": "",
+        "model_kind": "mlp",
+        "strategy": "ddp",
+        "epochs": 3,
+        "window_size": 32,
+        "stride": 2,
+        "overrides": ["training.batch_size=8"],
+    }
+    overrides = pipeline.config_overrides(params, "s3://b/p", "r1")
+    config = pipeline.run_config({}, overrides, "test")
+    assert config.data.corpus_path == "s3://b/data/a: b.txt"
+    assert config.data.embeddings_path is None
+    assert (config.model.kind, config.training.strategy, config.training.num_epochs) == ("mlp", "ddp", 3)
+    assert (config.model.window_size, config.data.window_stride, config.training.batch_size) == (32, 2, 8)
+    assert (config.run.root, config.run.id) == ("s3://b/p", "r1")
+
+
+def test_a_bad_override_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="training.num_epochs"):
+        pipeline.run_config({}, ["training.num_epochs=0"], "Params")
+
+
+def test_step_arguments_are_the_same_for_local_and_emr_but_for_the_front():
+    overrides = ["run.root=s3://b/p", "run.id=r1"]
+    specs = emr.step_specs("r1", "s3://b/p/runs/r1/code", overrides)
+    assert [emr.step_of(s["Name"]) for s in specs] == list(pipeline.STEP_NAMES)
+    for spec, step in zip(specs, pipeline.STEPS, strict=True):
+        assert spec["ActionOnFailure"] == "CANCEL_AND_WAIT"
+        assert spec["HadoopJarStep"]["Jar"] == "command-runner.jar"
+        args = spec["HadoopJarStep"]["Args"]
+        assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
+        assert args[args.index("--py-files") + 1] == "s3://b/p/runs/r1/code/spark_jobs.zip"
+        script = args.index(f"s3://b/p/runs/r1/code/{step.script}")
+        assert args[script + 1 :] == [
+            "--config",
+            "s3://b/p/runs/r1/code/config.yaml",
+            "--set",
+            "run.root=s3://b/p",
+            "--set",
+            "run.id=r1",
+        ]
+        assert ("spark.dynamicAllocation.enabled=false" in args) == (step.name == "train")
+        local = pipeline.spark_submit_args(
+            step,
+            script="x.py",
+            config_uri="c.yaml",
+            overrides=overrides,
+            submit_options=["--master", "local[2]"],
+        )
+        assert local[local.index("x.py") + 1 :][2:] == args[script + 1 :][2:]
+
+
+def test_cluster_spec():
+    settings = EmrSettings(
+        bucket="b",
+        prefix="p",
+        task_instance_type="m5.2xlarge",
+        task_instance_count=3,
+        ec2_subnet_id="subnet-1",
+    )
+    spec = emr.cluster_spec(settings, "r1", "s3://b/p/runs/r1/code")
+    groups = {g["InstanceRole"]: g for g in spec["Instances"]["InstanceGroups"]}
+    assert groups["MASTER"]["InstanceCount"] == 1 and groups["CORE"]["InstanceCount"] == 2
+    assert groups["TASK"]["Market"] == "SPOT" and groups["CORE"]["Market"] == "ON_DEMAND"
+    assert spec["Instances"]["Ec2SubnetId"] == "subnet-1"
+    assert spec["ReleaseLabel"] == "emr-7.12.0"
+    assert spec["LogUri"] == "s3://b/p/emr-logs/"
+    assert spec["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    assert {"Key": "run_id", "Value": "r1"} in spec["Tags"] and {
+        "Key": "project",
+        "Value": "llm-decoder",
+    } in spec["Tags"]
+    [bootstrap] = spec["BootstrapActions"]
+    assert bootstrap["ScriptBootstrapAction"]["Path"] == "s3://b/p/runs/r1/code/install_python_deps.sh"
+    assert bootstrap["ScriptBootstrapAction"]["Args"][-2:] == ["--torch", "cpu"]
+    defaults = next(c for c in spec["Configurations"] if c["Classification"] == "spark-defaults")[
+        "Properties"
+    ]
+    assert defaults["spark.serializer"].endswith("KryoSerializer")
+    assert defaults["spark.executor.memory"] == settings.executor_memory
+    env = spec["Configurations"][0]["Configurations"][0]["Properties"]
+    assert env["PYSPARK_PYTHON"] == emr.NODE_PYTHON
+    no_task = emr.cluster_spec(EmrSettings(), "r1", "s3://x")
+    assert [g["InstanceRole"] for g in no_task["Instances"]["InstanceGroups"]] == ["MASTER", "CORE"]
+
+
+def test_params_override_the_cluster_settings():
+    settings = emr.settings_for_run(
+        EmrSettings(), {"instance_type": "c5.2xlarge", "instance_count": 5, "bucket": "x", "prefix": "y/z"}
+    )
+    assert (settings.core_instance_type, settings.core_instance_count) == ("c5.2xlarge", 5)
+    assert emr.run_root(settings) == "s3://x/y/z"
+
+
+def test_staging_archive_and_requirements():
+    first, second = staging.build_code_archive(), staging.build_code_archive()
+    assert first == second  # byte-identical for identical code
+    names = zipfile.ZipFile(io.BytesIO(first)).namelist()
+    assert "spark_jobs/config.py" in names and "spark_jobs/preprocess.py" in names
+    assert not any("__pycache__" in n for n in names)
+    requirements = staging.runtime_requirements().splitlines()
+    assert "torch==2.13.0" in requirements
+    assert not any(r.startswith("pyspark") for r in requirements)  # EMR brings its own Spark
+    assert set(staging.entry_scripts()) == {"preprocess.py", "window.py", "train.py"}
+    assert staging.BOOTSTRAP_PATH.read_text().startswith("#!/usr/bin/env bash")
+
+
+def test_emr_config_splits_into_steps_config_and_settings():
+    raw, settings = split_config(read_yaml(REPO / "configs" / "emr.yaml"), "configs/emr.yaml")
+    config = pipeline.run_config(raw, ["run.root=s3://b/p"], "configs/emr.yaml")
+    assert config.data.corpus_path.startswith("s3://")
+    assert settings.emr.release_label == "emr-7.12.0"
+    assert settings.airflow.schedule is None
+    with pytest.raises(ConfigError, match="unknown section 'clusterr'"):
+        split_config({**raw, "clusterr": {}}, "emr.yaml")
+    with pytest.raises(ConfigError, match="emr.core_instance_count"):
+        split_config({"emr": {"core_instance_count": 0}}, "emr.yaml")
+
+
+def test_collect_writes_a_summary_that_names_what_is_missing(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    (run / "metrics").mkdir(parents=True)
+    (run / "metrics" / "summary.json").write_text(json.dumps({"val_loss": 2.5, "first_val_loss": 5.0}))
+    (run / "window").mkdir()
+    (run / "window" / "data_distribution.json").write_text("{not json")
+    summary = collect_run(RunFiles(None), str(tmp_path), "r1", {"dag_id": "d"})
+    written = json.loads((run / "summary.json").read_text())
+    assert written == summary
+    assert set(HEADLINE_KEYS) <= set(written)
+    assert written["status"] == "incomplete"
+    assert written["missing"] == [
+        "preprocess/stats.json: not found",
+        "window/data_distribution.json: not valid JSON (line 1: Expecting property name enclosed in double quotes)",
+    ]
+    assert written["val_loss"] == 2.5 and written["train_loss"] is None
+    report = (run / "report.md").read_text()
+    assert "## Missing" in report and "preprocess/stats.json: not found" in report
+
+
+def test_collect_with_no_metrics_at_all(tmp_path):
+    summary = collect_run(RunFiles(None), str(tmp_path), "r2")
+    assert summary["status"] == "incomplete" and len(summary["missing"]) == 3
+    assert (tmp_path / "runs" / "r2" / "summary.json").exists()
+
+
+def _summary(run_id, val_loss, kind="gpt", bpc=None):
+    return {"run_id": run_id, "val_loss": val_loss, "model_kind": kind, "val_bits_per_char": bpc}
+
+
+def test_promotion_decisions():
+    assert decide(_summary("a", 2.0), None)[0] == "promoted"
+    assert decide(_summary("b", 1.5), _summary("a", 2.0))[0] == "promoted"
+    assert decide(_summary("b", 2.5), _summary("a", 2.0))[0] == "kept"
+    assert decide(_summary("a", 2.0), _summary("a", 2.0))[0] == "unchanged"
+    assert decide(_summary("b", float("nan")), _summary("a", 2.0))[0] == "skipped"
+    # An MSE loss is not comparable with a cross-entropy: bits per character decide.
+    assert decide(_summary("m", 0.01, "mlp", 3.9), _summary("a", 2.0, "gpt", 2.9))[0] == "kept"
+    assert decide(_summary("m", 0.01, "mlp"), _summary("a", 2.0, "gpt", 2.9))[0] == "kept"
+
+
+def test_promote_updates_the_pointer_only_when_better_and_is_idempotent(tmp_path):
+    files, root = RunFiles(None), str(tmp_path)
+    assert promote(files, root, _summary("a", 2.0))["decision"] == "promoted"
+    assert promote(files, root, _summary("a", 2.0))["decision"] == "unchanged"
+    assert promote(files, root, _summary("b", 2.5))["decision"] == "kept"
+    assert json.loads(open(champion_uri(root)).read())["run_id"] == "a"
+    result = promote(files, root, _summary("c", 1.0))
+    assert result["decision"] == "promoted" and result["champion_val_loss"] == 2.0
+    pointer = json.loads(open(champion_uri(root)).read())
+    assert pointer["run_id"] == "c" and pointer["previous"]["run_id"] == "a"
+
+
+def test_bootstrap_script_is_valid_bash():
+    import subprocess
+
+    subprocess.run(["bash", "-n", str(staging.BOOTSTRAP_PATH)], check=True)
+    text = staging.BOOTSTRAP_PATH.read_text()
+    assert "python${PYTHON_VERSION}" in text and "whl/cpu" in text and "whl/cu" in text
+    assert yaml.safe_load((REPO / "configs" / "emr.yaml").read_text())["emr"]["python_version"] == "3.11"
+
+
+def test_a_missing_aws_connection_is_a_clear_error():
+    from llm_decoder_airflow.tasks import check_aws
+
+    with pytest.raises(ConfigError, match="AWS connection 'no_such_conn' is not defined"):
+        check_aws("no_such_conn", "some-bucket")

@@ -1,0 +1,120 @@
+"""Bad input to the train step: one clear error each, and nothing marked complete."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+
+from spark_jobs import train
+from spark_jobs.config import load_config
+from spark_jobs.errors import ConfigError, InputError, TrainingError
+
+
+def _assert_nothing_committed(root, run_id):
+    assert not (root / "runs" / run_id / "train" / "_SUCCESS").exists()
+    assert not (root / "runs" / run_id / "metrics" / "_SUCCESS").exists()
+
+
+def test_missing_windows(new_run, tiny_config):
+    root, run_id = new_run()
+    shutil.rmtree(root / "runs" / run_id / "window")
+    with pytest.raises(InputError, match=r"window output not found: .*/window \(run the window step first\)"):
+        train.run(tiny_config(root, run_id))
+    _assert_nothing_committed(root, run_id)
+
+
+def test_windows_without_success_marker(new_run, tiny_config):
+    root, run_id = new_run()
+    (root / "runs" / run_id / "window" / "_SUCCESS").unlink()
+    with pytest.raises(InputError, match=r"window output at .* has no _SUCCESS marker"):
+        train.run(tiny_config(root, run_id))
+    _assert_nothing_committed(root, run_id)
+
+
+def test_window_size_disagreeing_with_the_data(new_run, tiny_config):
+    root, run_id = new_run()
+    with pytest.raises(
+        InputError, match=r"model.window_size is 32 but the windows in .* have window_size 16"
+    ):
+        train.run(tiny_config(root, run_id, "model.window_size=32"))
+
+
+def test_embedding_size_disagreeing_with_the_data(new_run, tiny_config):
+    root, run_id = new_run()
+    with pytest.raises(
+        InputError, match=r"model.embedding_size is 64 but .*embeddings.safetensors has .* size 32"
+    ):
+        train.run(tiny_config(root, run_id, "model.kind=mlp", "model.embedding_size=64"))
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint(new_run, tiny_config):
+    root, run_id = new_run()
+    config = tiny_config(root, run_id, "training.checkpoint_interval=4", "training.debug_nan_at_step=6")
+    with pytest.raises(
+        TrainingError, match=r"^loss is nan at step 6; last good checkpoint: .*/checkpoints/step-4$"
+    ):
+        train.run(config)
+    _assert_nothing_committed(root, run_id)
+    _, other = new_run()
+    with pytest.raises(TrainingError, match=r"at step 2; last good checkpoint: none"):
+        train.run(tiny_config(root, other, "training.debug_nan_at_step=2"))
+
+
+def test_an_exploding_learning_rate_is_caught_as_nan_or_inf(new_run, tiny_config):
+    root, run_id = new_run()
+    config = tiny_config(
+        root, run_id, "training.learning_rate=1e30", "training.warmup_steps=0", "training.grad_clip=0"
+    )
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d+"):
+        train.run(config)
+
+
+@pytest.mark.parametrize("key", ["batch_size", "averaging_frequency", "checkpoint_interval"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_zero_or_negative_sizes_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=rf"training.{key}: Input should be greater than 0"):
+        load_config(None, [f"training.{key}={value}"])
+
+
+def test_more_workers_than_windows(new_run, tiny_config):
+    root, run_id = new_run()
+    windows = json.loads((root / "runs" / run_id / "window" / "data_distribution.json").read_text())["train"][
+        "windows"
+    ]
+    with pytest.raises(
+        InputError, match=rf"training.num_workers \(100000\) is more than the {windows} train windows"
+    ):
+        train.run(tiny_config(root, run_id, "training.strategy=ddp", "training.num_workers=100000"))
+    with pytest.raises(InputError, match=r"fewer than training.batch_size=5000"):
+        train.run(tiny_config(root, run_id, "training.strategy=ddp", "training.batch_size=5000"))
+
+
+def test_a_corrupt_checkpoint_falls_back_and_none_valid_is_an_error(new_run, tiny_config, caplog):
+    root, run_id = new_run()
+    config = tiny_config(root, run_id, "training.max_steps=8", "training.checkpoint_interval=4")
+    train.run(config)
+    checkpoints = root / "runs" / run_id / "checkpoints"
+    (checkpoints / "step-8" / "optimizer.safetensors").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        summary = train.run(config, resume=True)  # continues from step 4 up to 8 again
+    assert "checkpoint step-8 is unusable, falling back to the previous one" in caplog.text
+    assert summary["steps"] == 8 and summary["checkpoint"].endswith("step-8")
+
+    for step in ("step-4", "step-8"):
+        (checkpoints / step / "state.json").write_text("{")
+    with pytest.raises(
+        TrainingError, match=r"no valid checkpoint in .*checkpoints: .*state.json: not valid JSON"
+    ):
+        train.run(config, resume=True)
+
+
+def test_resuming_with_a_different_model_is_refused(new_run, tiny_config):
+    root, run_id = new_run()
+    train.run(tiny_config(root, run_id, "training.max_steps=4", "training.checkpoint_interval=4"))
+    with pytest.raises(
+        TrainingError, match=r"step-4 was written for model .*; delete .*checkpoints or use another run.id"
+    ):
+        train.run(tiny_config(root, run_id, "training.max_steps=8", "model.hidden_size=32"))

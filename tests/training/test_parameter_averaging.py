@@ -1,0 +1,302 @@
+"""Parameter averaging: the averaging arithmetic (no Spark), then real rounds on local Spark.
+
+The Spark tests train tiny models (window 16, embedding 32) on byte-level windows of the
+small corpus, written straight to Parquet in the window step's format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from spark_jobs import averaging, checkpoints
+from spark_jobs.config import PipelineConfig
+from spark_jobs.errors import InputError, TrainingError
+from spark_jobs.strategies import TrainInputs, parameter_averaging, single
+
+WINDOW = 16
+EMBEDDING = 32
+VOCAB = 256  # byte ids: no tokenizer needed to make windows
+
+
+# --- the averaging arithmetic ---------------------------------------------------------------
+
+
+def test_average_of_identical_states_is_that_state() -> None:
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([0.5, -1.0], dtype=np.float32)}
+    averaged = averaging.average_arrays([state, state, state])
+    for key, value in state.items():
+        np.testing.assert_array_equal(averaged[key], value)
+        assert averaged[key].dtype == value.dtype
+
+
+def test_average_of_two_states_is_their_mean() -> None:
+    a = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32)}
+    b = {"w": np.array([[3.0, 2.0], [1.0, 0.0]], dtype=np.float32)}
+    np.testing.assert_allclose(averaging.average_arrays([a, b])["w"], [[2.0, 2.0], [2.0, 2.0]])
+    # weighted: 3:1 toward a
+    np.testing.assert_allclose(
+        averaging.average_arrays([a, b], weights=[3, 1])["w"], [[1.5, 2.0], [2.5, 3.0]]
+    )
+
+
+def test_average_rejects_mismatched_workers() -> None:
+    with pytest.raises(ValueError, match="different keys"):
+        averaging.average_arrays([{"w": np.zeros(2)}, {"v": np.zeros(2)}])
+    with pytest.raises(ValueError, match="shape"):
+        averaging.average_arrays([{"w": np.zeros(2)}, {"w": np.zeros(3)}])
+    with pytest.raises(ValueError, match="nothing to average"):
+        averaging.average_arrays([])
+
+
+def _adam_after_steps(seed: int, steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, foreach=False)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).pow(2).sum().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def test_optimizer_states_average_moments_and_keep_step_counters() -> None:
+    _, opt_a = _adam_after_steps(seed=1, steps=3)
+    _, opt_b = _adam_after_steps(seed=2, steps=3)
+    a, b = averaging.optimizer_arrays(opt_a), averaging.optimizer_arrays(opt_b)
+    assert set(a) == {f"{i}/{f}" for i in (0, 1) for f in ("step", "exp_avg", "exp_avg_sq")}
+    averaged = averaging.average_arrays([a, b])
+    np.testing.assert_allclose(averaged["0/exp_avg"], (a["0/exp_avg"] + b["0/exp_avg"]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        averaged["1/exp_avg_sq"], (a["1/exp_avg_sq"] + b["1/exp_avg_sq"]) / 2, rtol=1e-6
+    )
+    assert float(averaged["0/step"]) == 3.0  # a count, not averaged
+
+    # counters that differ keep the largest (a worker never runs fewer steps in practice)
+    _, opt_c = _adam_after_steps(seed=3, steps=5)
+    assert float(averaging.average_arrays([a, averaging.optimizer_arrays(opt_c)])["1/step"]) == 5.0
+
+    # loaded back, the optimizer continues from the averaged state
+    model, opt = _adam_after_steps(seed=4, steps=1)
+    averaging.load_optimizer_arrays(opt, averaged)
+    state = opt.state_dict()["state"]
+    assert float(state[0]["step"]) == 3.0
+    np.testing.assert_array_equal(state[0]["exp_avg"].numpy(), averaged["0/exp_avg"])
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_pack_round_trips_parameters_optimizer_state_and_info() -> None:
+    model, optimizer = _adam_after_steps(seed=5, steps=2)
+    params, opt_state = averaging.model_arrays(model), averaging.optimizer_arrays(optimizer)
+    blob = averaging.pack(params, opt_state, start_step=7, losses=[1.5, 1.25])
+    got_params, got_opt, info = averaging.unpack(blob)
+    assert info == {"start_step": 7, "losses": [1.5, 1.25]}
+    for key in params:
+        np.testing.assert_array_equal(got_params[key], params[key])
+    for key in opt_state:
+        np.testing.assert_array_equal(got_opt[key], opt_state[key])
+    assert averaging.unpack(averaging.pack(params))[1] == {}
+
+    fresh = torch.nn.Linear(3, 2)
+    averaging.load_model_arrays(fresh, got_params)
+    torch.testing.assert_close(fresh.weight, model.weight)
+    with pytest.raises(ValueError, match="parameter names differ"):
+        averaging.load_model_arrays(fresh, {"weight": got_params["weight"]})
+
+
+def test_tied_weights_are_shipped_once() -> None:
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(5, 4)
+            self.head = torch.nn.Linear(4, 5, bias=False)
+            self.head.weight = self.emb.weight
+            self.frozen = torch.nn.Parameter(torch.ones(3), requires_grad=False)
+
+    model = Tied()
+    arrays = averaging.model_arrays(model)
+    assert set(arrays) == {"emb.weight"}  # tied once, frozen not at all
+    arrays["emb.weight"][:] = 2.0
+    averaging.load_model_arrays(model, arrays)
+    assert float(model.head.weight.detach().sum()) == 2.0 * 20
+
+
+# --- real rounds on local Spark ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def window_dir(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Path:
+    """window/train and window/val Parquet of byte ids (stride 4), val = the last 10 %."""
+    ids = np.frombuffer(small_corpus.read_bytes(), dtype=np.uint8).astype(np.int32)
+    split = int(len(ids) * 0.9)
+    root = tmp_path_factory.mktemp("pa-run") / "window"
+    for name, stream, offset in (("train", ids[:split], 0), ("val", ids[split:], split)):
+        starts = np.arange(0, len(stream) - WINDOW, 4)
+        windows = np.stack([stream[s : s + WINDOW + 1] for s in starts])
+        table = pa.table(
+            {
+                "doc_id": pa.array(np.zeros(len(starts), dtype=np.int32)),
+                "start": pa.array((starts + offset).astype(np.int64)),
+                "ids": pa.array(list(windows), type=pa.list_(pa.int32())),
+            }
+        )
+        (root / name).mkdir(parents=True)
+        half = len(starts) // 2  # two files, as Spark would write them
+        pq.write_table(table.slice(half), root / name / "part-00001.parquet")
+        pq.write_table(table.slice(0, half), root / name / "part-00000.parquet")
+    (root / "_SUCCESS").write_text("")
+    return root
+
+
+def _config(kind: str, tmp: Path, **training: object) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "model": {
+                "kind": kind,
+                "window_size": WINDOW,
+                "embedding_size": EMBEDDING,
+                "hidden_size": 64,
+                "num_layers": 2,
+                "num_heads": 4,
+            },
+            "training": {
+                "strategy": "parameter_averaging",
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "warmup_steps": 2,
+                "eval_interval": 1000,
+                "eval_batches": 4,
+                "log_interval": 5,
+                "histogram_interval": 10,
+                "checkpoint_interval": 1000,
+                **training,
+            },
+            "run": {"root": str(tmp), "id": "pa-test"},
+        }
+    )
+
+
+def _inputs(window_dir: Path, run: Path, kind: str) -> TrainInputs:
+    num = {
+        s: sum(pq.read_metadata(f).num_rows for f in (window_dir / s).glob("*.parquet"))
+        for s in ("train", "val")
+    }
+    embeddings = (
+        torch.randn(VOCAB, EMBEDDING, generator=torch.Generator().manual_seed(3)) if kind == "mlp" else None
+    )
+    return TrainInputs(
+        run_uri=str(run),
+        window_dir=str(window_dir),
+        checkpoint_dir=str(run / "checkpoints"),
+        metrics_dir=str(run / "metrics"),
+        scratch_dir=str(run / "scratch"),
+        vocab_size=VOCAB,
+        embeddings=embeddings,
+        chars_per_token=1.0,
+        num_train_windows=num["train"],
+        num_val_windows=num["val"],
+    )
+
+
+@pytest.mark.parametrize("kind", ["gpt", "mlp"])
+def test_loss_goes_down_with_two_workers(spark, window_dir: Path, tmp_path: Path, kind: str) -> None:
+    config = _config(kind, tmp_path, num_workers=2, averaging_frequency=5, max_steps=30)
+    result = parameter_averaging.train(config, _inputs(window_dir, tmp_path, kind), resume=False)
+
+    assert result["steps"] == 30 and result["rounds"] == 6 and result["world_size"] == 2
+    # MSE toward random embeddings falls slowly: ask less of the mlp than of the gpt
+    assert result["val_loss"] < (0.9 if kind == "gpt" else 0.97) * result["first_val_loss"], result
+    assert math.isfinite(result["train_loss"]) and result["tokens_per_s"] > 0
+    assert result["round_overhead_s"] > 0.0
+
+    steps = [json.loads(line) for line in (tmp_path / "metrics" / "steps.jsonl").read_text().splitlines()]
+    train_steps = [r for r in steps if r["kind"] == "train"]
+    assert [r["step"] for r in train_steps] == list(range(5, 31, 5))
+    assert train_steps[-1]["loss"] < train_steps[0]["loss"]
+    assert len(train_steps[0]["worker_s"]) == 2 and "layer_grad_norms" in train_steps[0]
+    assert "grad_histogram" in train_steps[1]  # step 10: histogram_interval
+    assert (tmp_path / "metrics" / "epochs.csv").read_text().count("\n") == 2  # header + 1 epoch row
+    final = checkpoints.load_latest(str(tmp_path / "checkpoints"))
+    assert final is not None and final.step == 30 and final.state["strategy"] == "parameter_averaging"
+
+
+def test_one_worker_frequency_one_matches_single(spark, window_dir: Path, tmp_path: Path) -> None:
+    overrides = dict(num_workers=1, averaging_frequency=1, max_steps=6, eval_interval=3)
+    averaged_run, single_run = tmp_path / "pa", tmp_path / "single"
+    pa_result = parameter_averaging.train(
+        _config("gpt", averaged_run, **overrides), _inputs(window_dir, averaged_run, "gpt"), resume=False
+    )
+    single_config = _config("gpt", single_run, **overrides)
+    single_config.training.strategy = "single"
+    single_result = single.train(single_config, _inputs(window_dir, single_run, "gpt"), resume=False)
+
+    assert pa_result["steps"] == single_result["steps"] == 6
+    assert pa_result["first_val_loss"] == pytest.approx(single_result["first_val_loss"], abs=1e-6)
+    assert pa_result["val_loss"] == pytest.approx(single_result["val_loss"], rel=1e-4)
+    assert pa_result["train_loss"] == pytest.approx(single_result["train_loss"], rel=1e-4)
+    pa_weights = checkpoints.load_latest(str(averaged_run / "checkpoints")).model_state
+    single_weights = checkpoints.load_latest(str(single_run / "checkpoints")).model_state
+    for name, tensor in single_weights.items():
+        torch.testing.assert_close(pa_weights[name], tensor, rtol=1e-4, atol=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_model(spark, window_dir: Path, tmp_path: Path) -> None:
+    overrides = dict(num_workers=2, averaging_frequency=4, max_steps=8, checkpoint_interval=4)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    expected = parameter_averaging.train(
+        _config("gpt", whole, **overrides), _inputs(window_dir, whole, "gpt"), False
+    )
+
+    # a NaN at step 6 stops the run; the checkpoint at step 4 is the last good one
+    with pytest.raises(TrainingError, match=r"step 6; last good checkpoint: .*step-4"):
+        parameter_averaging.train(
+            _config("gpt", broken, debug_nan_at_step=6, **overrides),
+            _inputs(window_dir, broken, "gpt"),
+            False,
+        )
+    resumed = parameter_averaging.train(
+        _config("gpt", broken, **overrides), _inputs(window_dir, broken, "gpt"), True
+    )
+
+    assert resumed["steps"] == 8
+    assert resumed["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
+    a = checkpoints.load_latest(str(whole / "checkpoints")).model_state
+    b = checkpoints.load_latest(str(broken / "checkpoints")).model_state
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
+
+
+def test_spark_json_describes_the_rounds(spark, window_dir: Path, tmp_path: Path) -> None:
+    config = _config("mlp", tmp_path, num_workers=2, averaging_frequency=4, max_steps=12)
+    result = parameter_averaging.train(config, _inputs(window_dir, tmp_path, "mlp"), resume=False)
+    figures = json.loads((tmp_path / "metrics" / "spark.json").read_text())
+
+    assert figures["source"] == "status_store" and figures["job_group"].startswith("train-pa-test-")
+    assert figures["jobs"]["count"] == result["rounds"] == 3
+    assert figures["tasks"]["count"] == 3 * 2 and figures["tasks"]["failed"] == 0
+    assert figures["tasks"]["executor_run_time_ms"] > 0
+    assert (
+        figures["task_distribution"]["duration_ms"]["max"]
+        >= figures["task_distribution"]["duration_ms"]["min"]
+        > 0
+    )
+    shard = _inputs(window_dir, tmp_path, "mlp").num_train_windows // 2
+    assert figures["partitions"]["rows"] == [shard, shard] and figures["partitions"]["skew"] == 1.0
+    assert figures["executors"][0]["storage_memory_max_bytes"] > 0
+
+
+def test_too_few_windows_per_worker_is_a_one_line_error(window_dir: Path, tmp_path: Path) -> None:
+    inputs = _inputs(window_dir, tmp_path, "gpt")
+    config = _config("gpt", tmp_path, num_workers=2, batch_size=inputs.num_train_windows)
+    with pytest.raises(InputError, match=r"windows per worker, fewer than training.batch_size"):
+        parameter_averaging.train(config, inputs, resume=False)
+    inputs.num_train_windows = 1
+    with pytest.raises(InputError, match=r"1 windows for training.num_workers=2"):
+        parameter_averaging.train(_config("gpt", tmp_path, num_workers=2), inputs, resume=False)

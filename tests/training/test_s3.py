@@ -1,0 +1,51 @@
+"""The train step with the run root on S3 (a moto server on 127.0.0.1), as on EMR."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from spark_jobs import storage, train
+from spark_jobs.errors import TrainingError
+
+
+@pytest.fixture
+def s3_root(monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="runs")
+    yield "s3://runs/prefix"
+    server.stop()
+
+
+def test_train_reads_writes_and_resumes_on_s3(s3_root, new_run, tiny_config):
+    local_root, run_id = new_run()
+    for step in ("preprocess", "window"):
+        storage.copy_from_local(str(local_root / "runs" / run_id / step), f"{s3_root}/runs/{run_id}/{step}")
+    common = ("training.max_steps=8", "training.checkpoint_interval=4")
+    with pytest.raises(TrainingError, match=r"at step 6; last good checkpoint: s3://runs/prefix/.*/step-4"):
+        train.run(tiny_config(s3_root, run_id, *common, "training.debug_nan_at_step=6"))
+    summary = train.run(tiny_config(s3_root, run_id, *common))  # resumes from step-4 on S3
+
+    run = f"{s3_root}/runs/{run_id}"
+    assert summary["steps"] == 8 and summary["checkpoint"] == f"{run}/checkpoints/step-8"
+    assert storage.is_complete(f"{run}/train") and storage.is_complete(f"{run}/metrics")
+    assert storage.exists(f"{run}/train/model/model.safetensors")
+    assert json.loads(storage.read_text(f"{run}/metrics/summary.json"))["steps"] == 8
+    steps = [json.loads(line) for line in storage.read_text(f"{run}/metrics/steps.jsonl").splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "train"] == [5]
+    assert "plots/loss.png" in storage.read_text(f"{run}/metrics/report.md")
+    assert storage.list_dir(f"{run}/checkpoints") == ["step-4", "step-8"]

@@ -1,0 +1,174 @@
+"""The trainer's pure pieces, without Spark: schedule, optimizer groups, data order, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from spark_jobs import checkpoints
+from spark_jobs.config import TrainingConfig
+from spark_jobs.errors import TrainingError
+from spark_jobs.optim import learning_rate_at, make_optimizer, set_learning_rate
+from spark_jobs.train_metrics import MetricsWriter, bits_per_char, gradient_stats, read_epochs, read_steps
+from spark_jobs.training_data import batch_order, load_windows
+
+
+def test_learning_rate_warms_up_then_decays_to_the_minimum():
+    cfg = TrainingConfig(learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=10)
+    lrs = [learning_rate_at(step, cfg, total_steps=100) for step in range(101)]
+    assert lrs[0] == pytest.approx(1e-2 / 11)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11], strict=True))
+    assert lrs[10] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[10:-1], lrs[11:], strict=True))
+    assert lrs[100] == pytest.approx(1e-3)
+    constant = TrainingConfig(learning_rate=1e-2, warmup_steps=0, lr_schedule="constant")
+    assert {learning_rate_at(s, constant, 100) for s in range(100)} == {1e-2}
+
+
+def test_optimizer_does_not_decay_biases_norms_or_embeddings():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.LayerNorm(4))
+    optimizer = make_optimizer(model, TrainingConfig(weight_decay=0.1))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]  # only the Linear weight
+    assert len(no_decay["params"]) == 4  # embedding, linear bias, norm weight and bias
+    assert isinstance(optimizer, torch.optim.AdamW)
+    set_learning_rate(optimizer, 0.5)
+    assert {g["lr"] for g in optimizer.param_groups} == {0.5}
+
+
+def test_batch_order_is_seeded_per_epoch_and_drops_the_partial_batch():
+    first = batch_order(103, 10, epoch=0, seed=1)
+    assert len(first) == 10 and all(len(b) == 10 for b in first)
+    assert len(set(torch.cat(first).tolist())) == 100
+    assert all(torch.equal(a, b) for a, b in zip(first, batch_order(103, 10, epoch=0, seed=1), strict=True))
+    assert not torch.equal(torch.cat(first), torch.cat(batch_order(103, 10, epoch=1, seed=1)))
+    assert torch.equal(torch.cat(batch_order(25, 5, 0, 1, shuffle=False)), torch.arange(25))
+
+
+def test_shards_interleave_disjointly_and_in_a_stable_order(run_root):
+    window_dir = str(run_root / "runs" / "base" / "window")
+    everything = load_windows(window_dir, "train")
+    assert everything.dtype == torch.int64 and everything.shape[1] == 17
+    # consecutive windows overlap by W+1-stride tokens: the rows come back in stream order
+    assert torch.equal(everything[1:, : 17 - 4], everything[:-1, 4:])
+    shards = [load_windows(window_dir, "train", shard=r, num_shards=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(everything) // 2
+    assert torch.equal(shards[0], everything[0 : 2 * len(shards[0]) : 2])
+    assert torch.equal(shards[1], everything[1 : 2 * len(shards[1]) : 2])
+
+
+def test_bits_per_char_converts_nats_per_token():
+    assert bits_per_char(math.log(2) * 3, chars_per_token=1.5) == pytest.approx(2.0)
+
+
+def test_gradient_stats_report_global_and_per_layer_norms_and_a_histogram():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    model(torch.ones(4, 3)).sum().backward()
+    stats = gradient_stats(model, histogram=True, bins=5)
+    assert set(stats["layer_grad_norms"]) == {"0", "1"}
+    total = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in model.parameters()))
+    assert stats["grad_norm"] == pytest.approx(total)
+    assert sum(stats["grad_histogram"]["counts"]) == sum(p.numel() for p in model.parameters())
+    assert len(stats["grad_histogram"]["edges"]) == 6
+    assert "grad_histogram" not in gradient_stats(model, histogram=False)
+
+
+def test_metrics_writer_keeps_records_up_to_the_resumed_step(tmp_path):
+    writer = MetricsWriter(str(tmp_path))
+    for step in (5, 10, 15):
+        writer.log_step({"kind": "train", "step": step, "loss": 1.0 / step})
+    writer.log_epoch({"epoch": 0, "step": 15, "train_loss": 0.5})
+    assert [r["step"] for r in read_steps(str(tmp_path))] == [5, 10, 15]
+    resumed = MetricsWriter(str(tmp_path), resume_step=10)
+    resumed.log_step({"kind": "train", "step": 15, "loss": 0.2})
+    resumed.write_summary({"steps": 15})
+    assert [(r["step"], r["loss"]) for r in read_steps(str(tmp_path))] == [(5, 0.2), (10, 0.1), (15, 0.2)]
+    assert read_epochs(str(tmp_path)) == []
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"steps": 15}
+    MetricsWriter(str(tmp_path))  # a fresh start clears the old records
+    assert read_steps(str(tmp_path)) == []
+
+
+def _trained_pair(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(5, 3)).pow(2).sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_checkpoint_round_trips_model_optimizer_rng_and_state(tmp_path):
+    model, optimizer = _trained_pair()
+    uri = checkpoints.save_checkpoint(
+        str(tmp_path), 7, model.state_dict(), optimizer, {"position": {"epoch": 1}}, 3
+    )
+    expected_rng = torch.get_rng_state()
+    checkpoint = checkpoints.load_latest(str(tmp_path))
+    assert checkpoint.uri == uri and checkpoint.step == 7 and checkpoint.state["position"] == {"epoch": 1}
+    assert torch.equal(checkpoint.rng_state, expected_rng)
+    fresh_model, fresh_optimizer = _trained_pair(seed=1)
+    fresh_model.load_state_dict(checkpoint.model_state)
+    checkpoint.restore_optimizer(fresh_optimizer)
+    assert torch.equal(fresh_model.weight, model.weight)
+    a, b = optimizer.state_dict(), fresh_optimizer.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for index, entries in a["state"].items():
+        assert all(torch.equal(v, b["state"][index][k]) for k, v in entries.items())
+    assert sorted(p.name for p in (tmp_path / "step-7").iterdir()) == [
+        "_SUCCESS", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json",
+    ]  # fmt: skip
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    model, optimizer = _trained_pair()
+    for step in (2, 4, 6, 8):
+        checkpoints.save_checkpoint(str(tmp_path), step, model.state_dict(), optimizer, {}, keep=2)
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))] == [6, 8]
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog):
+    model, optimizer = _trained_pair()
+    for step in (2, 4):
+        checkpoints.save_checkpoint(str(tmp_path), step, model.state_dict(), optimizer, {}, keep=3)
+    weights = tmp_path / "step-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])  # truncated, as by a crash mid-copy
+    with caplog.at_level(logging.WARNING, logger="spark_jobs.checkpoints"):
+        checkpoint = checkpoints.load_latest(str(tmp_path))
+    assert checkpoint.step == 2
+    assert "step-4 is unusable" in caplog.text and "checksum mismatch" in caplog.text
+
+    (tmp_path / "step-2" / "state.json").write_text("{not json")
+    with pytest.raises(
+        TrainingError, match=r"no valid checkpoint in .*step-4.*checksum.*state.json: not valid JSON"
+    ):
+        checkpoints.load_latest(str(tmp_path))
+
+
+def test_a_checkpoint_without_its_marker_is_ignored(tmp_path):
+    model, optimizer = _trained_pair()
+    checkpoints.save_checkpoint(str(tmp_path), 2, model.state_dict(), optimizer, {}, keep=3)
+    checkpoints.save_checkpoint(str(tmp_path), 4, model.state_dict(), optimizer, {}, keep=3)
+    (tmp_path / "step-4" / "_SUCCESS").unlink()
+    assert checkpoints.load_latest(str(tmp_path)).step == 2
+    assert checkpoints.load_latest(str(tmp_path / "none")) is None
+
+
+def test_early_stop_after_patience_evaluations_without_improvement():
+    from spark_jobs.trainer import Position, _early_stop
+
+    pos = Position()
+    assert [_early_stop(pos, loss, patience=2) for loss in (3.0, 2.0, 2.5, 2.1)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert pos.best_val_loss == 2.0
+    assert not any(_early_stop(Position(), loss, patience=None) for loss in (1.0, 2.0, 3.0))
