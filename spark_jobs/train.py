@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -28,7 +29,7 @@ from safetensors.torch import load as load_tensors
 from tokenizers import Tokenizer
 
 from spark_jobs import checkpoints, storage
-from spark_jobs.config import PipelineConfig
+from spark_jobs.config import PipelineConfig, dump_config
 from spark_jobs.entrypoint import config_summary, run_step_main
 from spark_jobs.errors import InputError, TrainingError
 from spark_jobs.strategies import TrainInputs, get_strategy
@@ -197,8 +198,11 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     storage.write_text(
         storage.join(inputs.metrics_dir, "summary.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n"
     )
+    # The config this run trained with, for the report and for reproducing it.
+    storage.write_text(storage.join(inputs.metrics_dir, "config.yaml"), dump_config(config))
     report.write_report(inputs.metrics_dir, summary, samples)
     storage.write_text(storage.join(inputs.metrics_dir, storage.SUCCESS_MARKER), "")
+    shutil.rmtree(inputs.scratch_dir, ignore_errors=True)  # torchelastic leftovers, rank errors
     log.info(
         "trained %s/%s: %d steps, val loss %.4f, %.0f tokens/s, %.1f s",
         summary["model_kind"], summary["strategy"], summary["steps"], summary["val_loss"],

@@ -133,7 +133,7 @@ def evaluate(model: nn.Module, windows: torch.Tensor, batches: list[torch.Tensor
     return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
 
-def _val_record(result: dict, kind: str, chars_per_token: float) -> dict:
+def validation_record(result: dict, kind: str, chars_per_token: float) -> dict:
     record = dict(result)
     if kind == "gpt":
         record["val_perplexity"] = math.exp(min(result["val_loss"], 50.0))
@@ -217,7 +217,7 @@ def train_loop(
     kind = config.model.kind
 
     def run_eval() -> dict:
-        result = _val_record(
+        result = validation_record(
             evaluate(model, val_windows, val_subset, world_size), kind, inputs.chars_per_token
         )
         result["step"] = pos.step
@@ -300,7 +300,7 @@ def train_loop(
 
             if pos.step % cfg.eval_interval == 0 and pos.batch_index < len(order) and pos.step < total_steps:
                 last_val = run_eval()
-                stopped_early = _early_stop(pos, last_val["val_loss"], cfg.early_stop_patience)
+                stopped_early = should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience)
                 if stopped_early:
                     break
             if (
@@ -313,7 +313,9 @@ def train_loop(
         # the epoch ended (or training stopped inside it): score it, checkpoint, move on
         if last_val.get("step") != pos.step:
             last_val = run_eval()
-            stopped_early = _early_stop(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
+            stopped_early = (
+                should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
+            )
         if metrics:
             metrics.log_epoch(
                 {
@@ -352,7 +354,7 @@ def train_loop(
     return result
 
 
-def _early_stop(pos: Position, val_loss: float, patience: int | None) -> bool:
+def should_stop_early(pos: Position, val_loss: float, patience: int | None) -> bool:
     if val_loss < pos.best_val_loss:
         pos.best_val_loss = val_loss
         pos.evals_without_improvement = 0

@@ -115,6 +115,9 @@ def run(config: PipelineConfig, **_: Any) -> dict:
             }
         text = json.dumps(distribution, indent=2) + "\n"
         storage.write_text(storage.join(out, "data_distribution.json"), text)
+        # Timing lives apart from data_distribution.json, which is identical across re-runs.
+        timing = {"run_id": config.run.id, "seconds": round(time.perf_counter() - began, 3)}
+        storage.write_text(storage.join(out, "stats.json"), json.dumps(timing, indent=2) + "\n")
 
     seconds = time.perf_counter() - began
     train, val = distribution["train"], distribution["val"]

@@ -11,6 +11,7 @@ Both models read the same batches, int64 windows of W+1 token ids, and return th
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
@@ -26,24 +27,24 @@ class ModelOutput(NamedTuple):
     count: int  # predictions scored (B*W for gpt, B for mlp)
 
 
-class DecoderModel(nn.Module):
+class DecoderModel(nn.Module, abc.ABC):
     """The base class of both models: what the trainer and the generator rely on."""
 
     kind: str  # "gpt" | "mlp"
     window_size: int
     vocab_size: int
 
+    @abc.abstractmethod
     def forward(self, windows: torch.Tensor) -> ModelOutput:
         """windows: int64 [B, W+1] token ids → loss and top-1 accuracy counts."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def next_token_scores(self, context: torch.Tensor) -> torch.Tensor:
         """context: int64 [B, T], T <= W → [B, vocab] scores for the next token (higher is likelier)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def flops_per_sample(self) -> int:
         """Forward + backward FLOPs for one window, for FLOP-utilisation figures."""
-        raise NotImplementedError
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

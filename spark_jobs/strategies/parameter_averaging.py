@@ -52,11 +52,11 @@ from spark_jobs.train_metrics import MetricsWriter, gradient_stats, system_metri
 from spark_jobs.trainer import (
     TRAIN_LOSS_WINDOW,
     Position,
-    _early_stop,
-    _val_record,
     eval_batches,
     evaluate,
     set_threads,
+    should_stop_early,
+    validation_record,
 )
 from spark_jobs.training_data import batch_order, load_windows
 
@@ -221,7 +221,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
     last_val: dict = {}
 
     def run_eval() -> dict:
-        result = _val_record(evaluate(model, val_windows, val_subset, 1), kind, inputs.chars_per_token)
+        result = validation_record(evaluate(model, val_windows, val_subset, 1), kind, inputs.chars_per_token)
         result["step"] = pos.step
         metrics.log_step({"kind": "eval", "step": pos.step, "epoch": pos.epoch, **result})
         return result
@@ -281,7 +281,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
                 more_to_do = pos.batch_index < batches_per_epoch and pos.step < total_steps
                 if _crossed(previous_step, pos.step, cfg.eval_interval) and more_to_do:
                     last_val = run_eval()
-                    stopped_early = _early_stop(pos, last_val["val_loss"], cfg.early_stop_patience)
+                    stopped_early = should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience)
                     if stopped_early:
                         break
                 if _crossed(previous_step, pos.step, cfg.checkpoint_interval) and more_to_do:
@@ -291,7 +291,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
             if last_val.get("step") != pos.step:
                 last_val = run_eval()
                 stopped_early = (
-                    _early_stop(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
+                    should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
                 )
             metrics.log_epoch(
                 {
