@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from spark_jobs import storage
 from spark_jobs.config import PipelineConfig, load_config
 from spark_jobs.errors import PipelineError
 from spark_jobs.run_logging import configure_logging
@@ -103,7 +104,7 @@ def train(
 @app.command()
 def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: VerboseOption = False) -> None:
     """Run preprocess → window → train in order."""
-    for step in ("preprocess", "window", "train"):
+    for step in storage.STEPS:
         _run_step(step, config, set_, verbose)
 
 

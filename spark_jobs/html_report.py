@@ -87,6 +87,8 @@ class RunFiles:
     steps: list[dict[str, Any]] | None = None
     epochs: list[dict[str, str]] | None = None
     spark: dict[str, Any] | None = None
+    # The data steps' own Spark metrics: step name -> <run>/<step>/spark.json.
+    step_spark: dict[str, dict[str, Any]] = field(default_factory=dict)
     distribution: dict[str, Any] | None = None
     preprocess_stats: dict[str, Any] | None = None
     window_stats: dict[str, Any] | None = None
@@ -163,6 +165,10 @@ def read_run(run_uri: str, read: Reader = read_storage) -> RunFiles:
     files.steps = _read_jsonl(read, at("metrics", "steps.jsonl"))
     files.epochs = _read_csv(read, at("metrics", "epochs.csv"))
     files.spark = _dict_or_none(_read_json(read, at("metrics", "spark.json")))
+    for step in ("preprocess", "window"):
+        step_metrics = _dict_or_none(_read_json(read, at(step, "spark.json")))
+        if step_metrics is not None:
+            files.step_spark[step] = step_metrics
     files.distribution = _dict_or_none(_read_json(read, at("window", "data_distribution.json")))
     files.preprocess_stats = _dict_or_none(_read_json(read, at("preprocess", "stats.json")))
     files.window_stats = _dict_or_none(_read_json(read, at("window", "stats.json")))
@@ -176,11 +182,14 @@ def read_run(run_uri: str, read: Reader = read_storage) -> RunFiles:
             break
     files.model_config = _dict_or_none(_read_json(read, at("train", "model", "config.json")))
 
+    spark_expected: Any = files.spark
+    if spark_expected is None and (files.summary or {}).get("strategy") == "single":
+        spark_expected = files.step_spark or None  # `single` trains without Spark
     expected = {
         "summary": (files.summary, "metrics/summary.json"),
         "training curves": (files.steps, "metrics/steps.jsonl"),
         "epochs": (files.epochs, "metrics/epochs.csv"),
-        "Spark metrics": (files.spark, "metrics/spark.json"),
+        "Spark metrics": (spark_expected, "metrics/spark.json"),
         "data distribution": (files.distribution, "window/data_distribution.json"),
         "preprocess stats": (files.preprocess_stats, "preprocess/stats.json"),
         "samples": (files.samples, "metrics/samples.json (or a samples section in metrics/report.md)"),
@@ -534,12 +543,21 @@ def distribution_section(files: RunFiles) -> str:
 
 def spark_section(files: RunFiles) -> str:
     title = "Spark executors and tasks"
-    spark = files.spark
-    if spark is None:
-        body = _missing("the Spark metrics", "metrics/spark.json")
+    parts = [(f"{step} step", metrics) for step, metrics in files.step_spark.items()]
+    if files.spark is not None:
+        parts.append(("train step", files.spark))
+    body = ""
+    if files.spark is None:
+        body += _missing("the Spark metrics of training", "metrics/spark.json")
         if (files.summary or {}).get("strategy") == "single":
             body += "<p>Expected: the <code>single</code> strategy trains in one process, without Spark.</p>"
-        return _section("spark", title, body)
+    for name, metrics in parts:
+        body += f"<h3>{_esc(name)}</h3>" + spark_metrics_html(metrics)
+    return _section("spark", title, body)
+
+
+def spark_metrics_html(spark: dict[str, Any]) -> str:
+    """One step's spark.json as tables: executors, stage/task/shuffle figures, task distribution."""
     head = [(k, spark.get(k)) for k in ("source", "spark_version", "master", "app_id", "default_parallelism")]
     body = _kv_table([(k, v) for k, v in head if v is not None])
     executors = spark.get("executors") or []
@@ -556,7 +574,7 @@ def spark_section(files: RunFiles) -> str:
             ("storage mem used B", "storage_memory_used_bytes"),
             ("peak JVM heap B", "peak_jvm_heap_bytes"),
         ]
-        body += "<h3>Executors</h3>"
+        body += "<h4>Executors</h4>"
         body += _table([c for c, _ in columns], [[ex.get(k) for _, k in columns] for ex in executors])
     groups = [(name, spark.get(name)) for name in ("jobs", "stages", "tasks", "shuffle", "io")]
     groups = [(name, g) for name, g in groups if isinstance(g, dict)]
@@ -567,7 +585,7 @@ def spark_section(files: RunFiles) -> str:
             for key, value in g.items()
             if not isinstance(value, dict)
         ]
-        body += "<h3>Stages, tasks, shuffle</h3>" + _table(["group", "figure", "value"], rows)
+        body += "<h4>Stages, tasks, shuffle</h4>" + _table(["group", "figure", "value"], rows)
     dist = spark.get("task_distribution")
     if isinstance(dist, dict):
         rows = []
@@ -576,9 +594,9 @@ def spark_section(files: RunFiles) -> str:
             if isinstance(d, dict):
                 rows.append([name] + [d.get(k) for k in ("min", "mean", "p50", "p95", "max")])
         if rows:
-            body += f"<h3>Task distribution ({_esc(dist.get('sampled'))} tasks)</h3>"
+            body += f"<h4>Task distribution ({_esc(dist.get('sampled'))} tasks)</h4>"
             body += _table(["figure", "min", "mean", "p50", "p95", "max"], rows)
-    return _section("spark", title, body)
+    return body
 
 
 def pipeline_step_times(files: RunFiles) -> list[tuple[str, float | None, str]]:

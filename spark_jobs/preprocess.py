@@ -28,6 +28,7 @@ from spark_jobs import storage
 from spark_jobs import tokenizer as tok
 from spark_jobs.config import PipelineConfig
 from spark_jobs.entrypoint import run_step_main
+from spark_jobs.spark_metrics import record_step_metrics
 
 log = logging.getLogger("spark_jobs.preprocess")
 
@@ -113,6 +114,8 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
         from spark_jobs.spark_session import get_spark
 
         spark = get_spark(config, STEP)
+        job_group = f"{STEP}-{config.run.id}"
+        spark.sparkContext.setJobGroup(job_group, f"llm-decoder {STEP} {config.run.id}")
         storage.write_text(storage.join(out, "tokenizer.json"), tokenizer_json)
 
         encode_started = time.perf_counter()
@@ -202,6 +205,7 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
             "tokens_per_s": round(total_tokens / max(encode_seconds, 1e-9), 1),
         }
         storage.write_text(storage.join(out, "stats.json"), json.dumps(stats, indent=2) + "\n")
+        record_step_metrics(spark, job_group, out)
     log.info(
         "preprocess done: %d documents, %d chars, %d tokens (%.2f chars/token), %.1f s, %.0f tokens/s",
         stats["documents"],

@@ -346,3 +346,12 @@ def write_spark_metrics(metrics: Mapping[str, Any], metrics_dir: str) -> str:
     uri = storage.join(metrics_dir, "spark.json")
     storage.write_text(uri, json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return uri
+
+
+def record_step_metrics(spark: SparkSession, job_group: str, out_dir: str) -> str | None:
+    """Write `<out_dir>/spark.json` for one Spark step's jobs; never fails the step."""
+    try:
+        return write_spark_metrics(collect_spark_metrics(spark, job_group=job_group), out_dir)
+    except Exception as exc:  # metrics are a by-product: a finished step must not fail on them
+        log.warning("could not collect Spark metrics for %s: %s", job_group, exc)
+        return None

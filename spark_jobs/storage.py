@@ -32,6 +32,7 @@ from spark_jobs.errors import InputError
 log = logging.getLogger(__name__)
 
 SUCCESS_MARKER = "_SUCCESS"
+# The Spark steps in pipeline order (the Airflow side describes them in full: plugins/.../pipeline.py).
 STEPS = ("preprocess", "window", "train")
 
 

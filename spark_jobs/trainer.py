@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from spark_jobs import checkpoints
-from spark_jobs.config import PipelineConfig
+from spark_jobs.config import PipelineConfig, TrainingConfig
 from spark_jobs.errors import InputError, TrainingError
 from spark_jobs.models import build_model
 from spark_jobs.optim import learning_rate_at, make_optimizer, set_learning_rate
@@ -176,6 +176,20 @@ def restore_checkpoint(
     return pos
 
 
+def plan_steps(windows_per_worker: int, cfg: TrainingConfig, window_dir: str) -> tuple[int, int]:
+    """(batches per epoch, total optimizer steps) for one worker's share of the windows."""
+    batches_per_epoch = windows_per_worker // cfg.batch_size
+    if batches_per_epoch == 0:
+        raise InputError(
+            f"{window_dir}/train: {windows_per_worker} windows per worker, fewer than "
+            f"training.batch_size ({cfg.batch_size})"
+        )
+    total_steps = cfg.num_epochs * batches_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    return batches_per_epoch, total_steps
+
+
 def train_loop(
     config: PipelineConfig, inputs: TrainInputs, resume: bool, rank: int = 0, world_size: int = 1
 ) -> dict[str, Any]:
@@ -187,15 +201,7 @@ def train_loop(
 
     train_windows = load_windows(inputs.window_dir, "train", rank, world_size)
     val_windows = load_windows(inputs.window_dir, "val", rank, world_size)
-    batches_per_epoch = len(train_windows) // cfg.batch_size
-    if batches_per_epoch == 0:
-        raise InputError(
-            f"{inputs.window_dir}/train: {len(train_windows)} windows per worker, fewer than "
-            f"training.batch_size ({cfg.batch_size})"
-        )
-    total_steps = cfg.num_epochs * batches_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    batches_per_epoch, total_steps = plan_steps(len(train_windows), cfg, inputs.window_dir)
 
     model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
     model.train()

@@ -34,6 +34,7 @@ from spark_jobs import storage
 from spark_jobs.config import PipelineConfig
 from spark_jobs.entrypoint import run_step_main
 from spark_jobs.errors import InputError
+from spark_jobs.spark_metrics import record_step_metrics
 from spark_jobs.spark_session import get_spark
 from spark_jobs.windows import (
     SPLITS,
@@ -78,6 +79,8 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         )
 
     spark = get_spark(config, "window")
+    job_group = f"window-{config.run.id}"
+    spark.sparkContext.setJobGroup(job_group, f"llm-decoder window {config.run.id}")
     tokens_uri = storage.join(preprocess_dir, "tokens")
     tokens = _read_tokens(spark, tokens_uri)
     segments = _segment_table(tokens, tokens_uri)
@@ -118,6 +121,7 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         # Timing lives apart from data_distribution.json, which is identical across re-runs.
         timing = {"run_id": config.run.id, "seconds": round(time.perf_counter() - began, 3)}
         storage.write_text(storage.join(out, "stats.json"), json.dumps(timing, indent=2) + "\n")
+        record_step_metrics(spark, job_group, out)
 
     seconds = time.perf_counter() - began
     train, val = distribution["train"], distribution["val"]

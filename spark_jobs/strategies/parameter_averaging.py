@@ -54,6 +54,7 @@ from spark_jobs.trainer import (
     Position,
     eval_batches,
     evaluate,
+    plan_steps,
     set_threads,
     should_stop_early,
     validation_record,
@@ -182,15 +183,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
             f"{inputs.window_dir}/train: {inputs.num_train_windows} windows for "
             f"training.num_workers={num_workers} workers"
         )
-    batches_per_epoch = shard_windows // cfg.batch_size
-    if batches_per_epoch == 0:
-        raise InputError(
-            f"{inputs.window_dir}/train: {shard_windows} windows per worker, fewer than "
-            f"training.batch_size ({cfg.batch_size})"
-        )
-    total_steps = cfg.num_epochs * batches_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
+    batches_per_epoch, total_steps = plan_steps(shard_windows, cfg, inputs.window_dir)
 
     set_threads(cfg.num_threads)  # the driver evaluates while the workers are idle
     torch.manual_seed(cfg.seed)  # the same initial weights as `single`

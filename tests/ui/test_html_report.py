@@ -71,12 +71,24 @@ def test_missing_spark_json_still_renders_and_says_so(tmp_path: Path, make_fake_
 
     text = Path(write_html_report(str(run))).read_text(encoding="utf-8")
 
-    assert "Missing: the Spark metrics — <code>metrics/spark.json</code> was not found." in text
+    assert "Missing: the Spark metrics of training — <code>metrics/spark.json</code> was not found." in text
     assert "<li>Spark metrics: <code>metrics/spark.json</code></li>" in text
     assert "<td>driver</td>" not in text
     # Every other section is intact.
     assert "<h2>Training curves</h2>" in text and "data:image/png;base64," in text
     assert "What light through yonder window breaks?" in text
+
+
+def test_the_data_steps_spark_metrics_are_shown_beside_the_training_s(tmp_path: Path, make_fake_run) -> None:
+    run = make_fake_run(tmp_path / "root", "steps-spark", val_loss=2.0, spark=False)
+    step_metrics = {"master": "local[2]", "executors": [{"id": "driver", "completed_tasks": 7}]}
+    (run / "preprocess").mkdir(parents=True, exist_ok=True)
+    (run / "preprocess" / "spark.json").write_text(json.dumps(step_metrics), encoding="utf-8")
+
+    text = Path(write_html_report(str(run))).read_text(encoding="utf-8")
+
+    assert "<h3>preprocess step</h3>" in text
+    assert "<td>driver</td>" in text and "<td>7</td>" in text
 
 
 def test_an_empty_run_folder_renders_with_every_part_missing(tmp_path: Path) -> None:

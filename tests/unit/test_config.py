@@ -85,3 +85,14 @@ def test_cli_reports_config_error_in_one_line(repo, tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and "model.window_size" in errors[0], result.stderr
+
+
+def test_every_config_key_is_documented_in_the_readme(repo):
+    readme = (repo / "README.md").read_text(encoding="utf-8")
+    undocumented = [
+        f"{section}.{key}"
+        for section, field in PipelineConfig.model_fields.items()
+        for key in field.annotation.model_fields
+        if f"`{section}.{key}`" not in readme and f"{key}`" not in readme
+    ]
+    assert not undocumented, f"README's configuration table misses {undocumented}"
