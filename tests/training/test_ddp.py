@@ -57,11 +57,13 @@ def test_ddp_learns_the_mlp_and_resumes_after_a_rank_fails(spark, new_run, tiny_
     # a rank's error crosses torchrun as our own one-line error
     with pytest.raises(TrainingError, match=r"^loss is nan at step 23; last good checkpoint: .*step-20$"):
         train.run(tiny_config(root, run_id, *overrides, "training.debug_nan_at_step=23"))
+    # torchrun's scratch folders go inside the run, not in the machine's /tmp
+    scratch = root / "runs" / run_id / "scratch"
+    assert any(p.name.startswith("torchelastic_") for p in scratch.iterdir())
     summary = train.run(tiny_config(root, run_id, *overrides))  # the retry resumes from step 20
     assert summary["steps"] == 40 and summary["num_workers"] == 2
     assert summary["val_loss"] < 0.9 * summary["first_val_loss"]
     steps = [r["step"] for r in read_steps(str(root / "runs" / run_id / "metrics")) if r["kind"] == "train"]
     assert steps == list(range(5, 41, 5))
     assert (root / "runs" / run_id / "train" / "model" / "embeddings.safetensors").exists()
-    # torchrun's scratch folders stay inside the run, not in the machine's /tmp
-    assert any(p.name.startswith("torchelastic_") for p in (root / "runs" / run_id / "scratch").iterdir())
+    assert not scratch.exists()  # a finished run cleans its scratch folder up

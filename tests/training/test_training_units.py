@@ -161,14 +161,14 @@ def test_a_checkpoint_without_its_marker_is_ignored(tmp_path):
 
 
 def test_early_stop_after_patience_evaluations_without_improvement():
-    from spark_jobs.trainer import Position, _early_stop
+    from spark_jobs.trainer import Position, should_stop_early
 
     pos = Position()
-    assert [_early_stop(pos, loss, patience=2) for loss in (3.0, 2.0, 2.5, 2.1)] == [
+    assert [should_stop_early(pos, loss, patience=2) for loss in (3.0, 2.0, 2.5, 2.1)] == [
         False,
         False,
         False,
         True,
     ]
     assert pos.best_val_loss == 2.0
-    assert not any(_early_stop(Position(), loss, patience=None) for loss in (1.0, 2.0, 3.0))
+    assert not any(should_stop_early(Position(), loss, patience=None) for loss in (1.0, 2.0, 3.0))
