@@ -323,16 +323,7 @@ def train_loop(
                 should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
             )
         if metrics:
-            metrics.log_epoch(
-                {
-                    "epoch": pos.epoch,
-                    "step": pos.step,
-                    "train_loss": pos.epoch_loss_sum / max(pos.epoch_batches, 1),
-                    "train_accuracy": pos.epoch_correct / max(pos.epoch_count, 1),
-                    **{k: v for k, v in last_val.items() if k != "step"},
-                    "epoch_s": round(pos.epoch_seconds, 3),
-                }
-            )
+            metrics.log_epoch(epoch_record(pos, last_val))
         if pos.batch_index >= len(order):
             pos.next_epoch()
         pos.stopped_early = stopped_early
@@ -358,6 +349,18 @@ def train_loop(
     if metrics:
         metrics.flush()
     return result
+
+
+def epoch_record(pos: Position, last_val: dict) -> dict:
+    """The epochs.csv row of the epoch `pos` is in: its training figures and the last evaluation."""
+    return {
+        "epoch": pos.epoch,
+        "step": pos.step,
+        "train_loss": pos.epoch_loss_sum / max(pos.epoch_batches, 1),
+        "train_accuracy": pos.epoch_correct / max(pos.epoch_count, 1),
+        **{k: v for k, v in last_val.items() if k != "step"},
+        "epoch_s": round(pos.epoch_seconds, 3),
+    }
 
 
 def should_stop_early(pos: Position, val_loss: float, patience: int | None) -> bool:

@@ -52,6 +52,7 @@ from spark_jobs.train_metrics import MetricsWriter, gradient_stats, system_metri
 from spark_jobs.trainer import (
     TRAIN_LOSS_WINDOW,
     Position,
+    epoch_record,
     eval_batches,
     evaluate,
     plan_steps,
@@ -286,16 +287,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
                 stopped_early = (
                     should_stop_early(pos, last_val["val_loss"], cfg.early_stop_patience) or stopped_early
                 )
-            metrics.log_epoch(
-                {
-                    "epoch": pos.epoch,
-                    "step": pos.step,
-                    "train_loss": pos.epoch_loss_sum / max(pos.epoch_batches, 1),
-                    "train_accuracy": pos.epoch_correct / max(pos.epoch_count, 1),
-                    **{k: v for k, v in last_val.items() if k != "step"},
-                    "epoch_s": round(pos.epoch_seconds, 3),
-                }
-            )
+            metrics.log_epoch(epoch_record(pos, last_val))
             if pos.batch_index >= batches_per_epoch:
                 pos.epoch += 1
                 pos.batch_index = 0
