@@ -329,26 +329,38 @@ def train_loop(
         pos.stopped_early = stopped_early
         save("epoch_end" if pos.batch_index == 0 else "end")
 
+    result = run_result(pos, total_steps, last_val, stopped_early, last_checkpoint, model, world_size)
+    if metrics:
+        metrics.flush()
+    return result
+
+
+def run_result(
+    pos: Position,
+    total_steps: int,
+    last_val: dict,
+    stopped_early: bool,
+    checkpoint: str | None,
+    model: nn.Module,
+    world_size: int,
+) -> dict[str, Any]:
+    """What every strategy returns at the end of training (see strategies/__init__.py)."""
     recent = pos.recent_losses
-    train_loss = sum(recent) / len(recent) if recent else None
-    result = {
+    return {
         "steps": pos.step,
         "epochs": pos.epoch + (pos.batch_index > 0),
         "total_steps": total_steps,
-        "train_loss": train_loss,
+        "train_loss": sum(recent) / len(recent) if recent else None,
         "first_val_loss": pos.first_val_loss,
         **last_val,
         "tokens_per_s": pos.predictions_seen / max(pos.train_seconds, 1e-9),
         "samples_per_s": pos.windows_seen / max(pos.train_seconds, 1e-9),
         "train_s": pos.train_seconds,
         "stopped_early": stopped_early,
-        "checkpoint": last_checkpoint,
+        "checkpoint": checkpoint,
         "parameters": model.num_parameters(),
         "world_size": world_size,
     }
-    if metrics:
-        metrics.flush()
-    return result
 
 
 def epoch_record(pos: Position, last_val: dict) -> dict:

@@ -56,6 +56,7 @@ from spark_jobs.trainer import (
     eval_batches,
     evaluate,
     plan_steps,
+    run_result,
     set_threads,
     should_stop_early,
     validation_record,
@@ -303,21 +304,8 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> dict[str
 
     if not last_val:  # resumed at the very end: score the model we have
         last_val = run_eval()
-    recent = pos.recent_losses
     result = {
-        "steps": pos.step,
-        "epochs": pos.epoch + (pos.batch_index > 0),
-        "total_steps": total_steps,
-        "train_loss": sum(recent) / len(recent) if recent else None,
-        "first_val_loss": pos.first_val_loss,
-        **last_val,
-        "tokens_per_s": pos.predictions_seen / max(pos.train_seconds, 1e-9),
-        "samples_per_s": pos.windows_seen / max(pos.train_seconds, 1e-9),
-        "train_s": pos.train_seconds,
-        "stopped_early": stopped_early,
-        "checkpoint": last_checkpoint,
-        "parameters": model.num_parameters(),
-        "world_size": num_workers,
+        **run_result(pos, total_steps, last_val, stopped_early, last_checkpoint, model, num_workers),
         "rounds": rounds,
         "round_overhead_s": float(np.mean(overheads)) if overheads else None,
         "spark_metrics": spark_metrics_uri,  # this training's jobs only, with the shard sizes
