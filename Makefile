@@ -22,11 +22,11 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURD
 
 # The local DAG end to end (dag.test(), no server), then the summary, the report and a sample.
 run: $(STAMP)
-	$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.run_local
+	$(AIRFLOW_ENV) $(BIN)/python -m launchers.run_local
 
 # The Airflow UI on http://127.0.0.1:8080 (standalone, SQLite); AIRFLOW_PORT=... to move it.
 airflow: $(STAMP)
-	$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.standalone
+	$(AIRFLOW_ENV) $(BIN)/python -m launchers.standalone
 
 test: $(STAMP)
 	$(BIN)/ruff check .

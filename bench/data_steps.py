@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from spark_jobs import preprocess, storage, window
-from spark_jobs.config import load_config
-from spark_jobs.spark_session import get_spark
-from spark_jobs.tokenizer import load_tokenizer
-from spark_jobs.windows import split_point
+from spark_jobs.common import storage
+from spark_jobs.common.config import load_config
+from spark_jobs.common.spark_session import get_spark
+from spark_jobs.data.tokenizer import load_tokenizer
+from spark_jobs.data.windows import split_point
+from spark_jobs.steps import preprocess, window
 
 REPO = Path(__file__).resolve().parents[1]
 

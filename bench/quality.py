@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spark_jobs import model_io, preprocess, storage, train, window
-from spark_jobs.config import PipelineConfig
+from spark_jobs.common import storage
+from spark_jobs.common.config import PipelineConfig
+from spark_jobs.data.loader import load_windows
+from spark_jobs.models import artifact as model_io
 from spark_jobs.models import build_model
-from spark_jobs.optim import make_optimizer
-from spark_jobs.training_data import load_windows
+from spark_jobs.steps import preprocess, train, window
+from spark_jobs.training.optim import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.quality")

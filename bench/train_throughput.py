@@ -30,10 +30,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spark_jobs.config import PipelineConfig
+from spark_jobs.common.config import PipelineConfig
 from spark_jobs.models import build_model
-from spark_jobs.optim import make_optimizer
-from spark_jobs.strategies import TrainInputs, get_strategy
+from spark_jobs.training.inputs import TrainInputs
+from spark_jobs.training.optim import make_optimizer
+from spark_jobs.training.strategies import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
 WINDOW = 64
@@ -116,7 +117,7 @@ def make_inputs(window_dir: Path, run: Path, kind: str) -> TrainInputs:
 
 def plain_loop(config: PipelineConfig, inputs: TrainInputs, steps: int, threads: int) -> float:
     """samples/s of the bare minimum: forward, backward, AdamW step, same model and batches."""
-    from spark_jobs.training_data import batch_order, load_windows
+    from spark_jobs.data.loader import batch_order, load_windows
 
     torch.set_num_threads(threads)
     torch.manual_seed(config.training.seed)
@@ -141,7 +142,7 @@ def run_strategy(
     run = root / run_id
     config = make_config(kind, root, run_id, strategy=strategy, **training)
     began = time.perf_counter()
-    result = get_strategy(strategy)(config, make_inputs(window_dir, run, kind), False)
+    result = STRATEGIES[strategy](config, make_inputs(window_dir, run, kind), False)
     figures = {"samples_per_s": result["samples_per_s"], "wall_s": round(time.perf_counter() - began, 1)}
     if strategy == "parameter_averaging":
         # steady state: rounds after the first (which starts the Python workers and imports torch)

@@ -22,8 +22,10 @@ from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, c
 from llm_decoder_airflow import emr, tasks
 from llm_decoder_airflow.operators import EmrCreateClusterOperator
 from llm_decoder_airflow.params import emr_params
-from llm_decoder_airflow.pipeline import STEPS, run_config
+from llm_decoder_airflow.pipeline import run_config
 from llm_decoder_airflow.settings import load_emr_config
+
+from spark_jobs.common.pipeline import STEPS
 
 PIPELINE_RAW, SETTINGS = load_emr_config()
 AIRFLOW = SETTINGS.airflow

@@ -15,8 +15,9 @@ from datetime import timedelta
 from airflow.sdk import DAG, chain, task
 from llm_decoder_airflow import tasks
 from llm_decoder_airflow.params import local_params
-from llm_decoder_airflow.pipeline import STEPS
 from llm_decoder_airflow.settings import load_local_config
+
+from spark_jobs.common.pipeline import STEPS
 
 PIPELINE_RAW, SETTINGS = load_local_config()
 AIRFLOW = SETTINGS.airflow

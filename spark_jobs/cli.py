@@ -7,17 +7,17 @@ like the step scripts under `spark-submit`. User errors print one line and exit 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
-from spark_jobs import storage
-from spark_jobs.config import PipelineConfig, load_config
-from spark_jobs.errors import PipelineError
-from spark_jobs.run_logging import configure_logging
+from spark_jobs.common.config import PipelineConfig, load_config
+from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.logs import configure_logging
+from spark_jobs.common.pipeline import STEP_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 log = logging.getLogger("spark_jobs.cli")
@@ -50,19 +50,32 @@ def _run_step(
 ) -> Any:
     try:
         cfg = _load(config, overrides, step)
-        module = importlib.import_module(f"spark_jobs.{step}")
+        run = _step_function(step)
         if step == "train" and sys.stderr.isatty():
-            return _with_progress_bar(lambda: module.run(cfg, **kwargs))
-        return module.run(cfg, **kwargs)
+            return _with_progress_bar(lambda: run(cfg, **kwargs))
+        return run(cfg, **kwargs)
     except PipelineError as exc:
         _fail(exc, verbose)
+
+
+def _step_function(step: str) -> Callable[..., Any]:
+    """The step's `run`, imported when needed: each pulls in Spark or torch."""
+    if step == "preprocess":
+        from spark_jobs.steps.preprocess import run
+    elif step == "window":
+        from spark_jobs.steps.window import run
+    elif step == "train":
+        from spark_jobs.steps.train import run
+    else:
+        raise ValueError(f"unknown step {step!r}")
+    return run
 
 
 def _with_progress_bar(train: Any) -> Any:
     """Run `train()` under a rich progress bar fed by the trainer (single-process strategies)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from spark_jobs import trainer
+    from spark_jobs.training import loop
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as progress:
@@ -71,11 +84,11 @@ def _with_progress_bar(train: Any) -> Any:
         def update(step: int, total: int, loss: float) -> None:
             progress.update(task, completed=step, total=total, description=f"train loss {loss:.3f}")
 
-        trainer.set_progress_callback(update)
+        loop.set_progress_callback(update)
         try:
             return train()
         finally:
-            trainer.set_progress_callback(None)
+            loop.set_progress_callback(None)
 
 
 @app.command()
@@ -104,7 +117,7 @@ def train(
 @app.command()
 def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: VerboseOption = False) -> None:
     """Run preprocess → window → train in order."""
-    for step in storage.STEPS:
+    for step in STEP_NAMES:
         _run_step(step, config, set_, verbose)
 
 
@@ -119,8 +132,8 @@ def generate(
     verbose: VerboseOption = False,
 ) -> None:
     """Generate text from a prompt with a trained model; prints it to stdout."""
-    from spark_jobs.generate import generate as generate_text
-    from spark_jobs.model_io import load_model
+    from spark_jobs.models.artifact import load_model
+    from spark_jobs.models.generate import generate as generate_text
 
     try:
         loaded, tokenizer, _ = load_model(model)
@@ -144,7 +157,7 @@ def runs(
     """
     from rich.console import Console
 
-    from spark_jobs.runs import list_runs, runs_table
+    from spark_jobs.reporting.runs import list_runs, runs_table
 
     try:
         found = list_runs(root)
@@ -168,7 +181,7 @@ def report(
     verbose: VerboseOption = False,
 ) -> None:
     """Write the run's self-contained report.html and print its location."""
-    from spark_jobs.html_report import write_html_report
+    from spark_jobs.reporting.html.render import write_html_report
 
     configure_logging("-", "report")
     try:

@@ -79,3 +79,17 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def upload_tree():
+    """upload_tree(local_dir, uri): copy a folder tree to a URI (s3:// on the moto server) with pyarrow."""
+    from pyarrow import fs as pafs
+
+    from spark_jobs.common import storage
+
+    def upload(local_dir: str, uri: str) -> None:
+        fs, path = storage.filesystem(uri)
+        pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    return upload

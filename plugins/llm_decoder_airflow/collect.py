@@ -4,6 +4,9 @@ Reads what the steps wrote (train's metrics/summary.json, preprocess's stats.jso
 data_distribution.json), writes `<run>/summary.json` and `<run>/report.md` beside them, logs
 the headline figures as a table and returns them (the collect task's XCom). A missing or
 unreadable file does not stop collection: the summary says which part is missing.
+
+Which figures are headline ones, and their order, is the run-summary contract's
+(spark_jobs.reporting.summary, pure Python: this module is imported when the DAGs are parsed).
 """
 
 from __future__ import annotations
@@ -14,25 +17,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from llm_decoder_airflow.files import RunFiles, join, run_dir
+from llm_decoder_airflow.files import FileStore, join, run_dir
+from spark_jobs.reporting.summary import HEADLINE_KEYS, format_value
 
 log = logging.getLogger(__name__)
 
-# The train step's headline figures (docs/architecture.md, metrics/summary.json).
-HEADLINE_KEYS = (
-    "model_kind",
-    "strategy",
-    "num_workers",
-    "steps",
-    "train_loss",
-    "val_loss",
-    "first_val_loss",
-    "val_accuracy",
-    "val_bits_per_char",
-    "tokens_per_s",
-    "wall_s",
-    "run_id",
-)
 # What collection reads, relative to the run folder.
 SOURCES = {
     "metrics": "metrics/summary.json",
@@ -43,7 +32,7 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 
 
-def _read_json(files: RunFiles, uri: str) -> tuple[dict[str, Any] | None, str | None]:
+def _read_json(files: FileStore, uri: str) -> tuple[dict[str, Any] | None, str | None]:
     """(content, None) or (None, why it is missing)."""
     text = files.read_text(uri)
     if text is None:
@@ -90,25 +79,17 @@ def build_summary(
     return summary
 
 
-def _format(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def headline_table(summary: Mapping[str, Any]) -> str:
     width = max(len(k) for k in HEADLINE_KEYS)
-    return "\n".join(f"  {key:<{width}}  {_format(summary.get(key))}" for key in HEADLINE_KEYS)
+    return "\n".join(f"  {key:<{width}}  {format_value(summary.get(key))}" for key in HEADLINE_KEYS)
 
 
 def render_report(summary: Mapping[str, Any]) -> str:
     lines = [f"# Run {summary['run_id']}", "", f"Status: **{summary['status']}**", ""]
     lines += ["| figure | value |", "|---|---|"]
-    lines += [f"| {key} | {_format(summary.get(key))} |" for key in HEADLINE_KEYS]
+    lines += [f"| {key} | {format_value(summary.get(key))} |" for key in HEADLINE_KEYS]
     lines += ["", "## Data", "", "| figure | value |", "|---|---|"]
-    lines += [f"| {key} | {_format(value)} |" for key, value in summary["data"].items()]
+    lines += [f"| {key} | {format_value(value)} |" for key, value in summary["data"].items()]
     if summary["missing"]:
         lines += ["", "## Missing", ""]
         lines += [f"- {item}" for item in summary["missing"]]
@@ -124,7 +105,7 @@ def render_report(summary: Mapping[str, Any]) -> str:
 
 
 def collect_run(
-    files: RunFiles, root: str, run_id: str, pipeline: Mapping[str, Any] | None = None
+    files: FileStore, root: str, run_id: str, pipeline: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Write the run's summary.json and report.md; return the summary."""
     run = run_dir(root, run_id)
@@ -144,7 +125,7 @@ def collect_run(
     summary["report_uri"] = report_uri
     log.info("run %s (%s):\n%s", run_id, summary["status"], headline_table(summary))
     # Lazy import: keeps matplotlib and pyarrow out of DAG parsing.
-    from spark_jobs.html_report import build_html_report
+    from spark_jobs.reporting.html.render import build_html_report
 
     html = join(run, "metrics", "report.html")
     files.write_text(html, build_html_report(run, read=files.read_text))

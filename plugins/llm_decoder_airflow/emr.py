@@ -13,8 +13,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_decoder_airflow.files import join
-from llm_decoder_airflow.pipeline import STEPS, Step, spark_submit_args
+from llm_decoder_airflow.pipeline import spark_submit_args
 from llm_decoder_airflow.settings import EmrSettings
+from llm_decoder_airflow.staging import (
+    BOOTSTRAP_SCRIPT,
+    CODE_ARCHIVE,
+    CONFIG_FILE,
+    REQUIREMENTS,
+    staged_script,
+)
+from spark_jobs.common.pipeline import STEPS, Step
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +30,6 @@ PROJECT_TAG = "llm-decoder"
 # The bootstrap action builds this virtualenv on every node; Spark's Python comes from it.
 NODE_VENV = "/opt/llm-decoder/venv"
 NODE_PYTHON = f"{NODE_VENV}/bin/python"
-BOOTSTRAP_SCRIPT = "install_python_deps.sh"
-CODE_ARCHIVE = "spark_jobs.zip"
-REQUIREMENTS = "requirements.txt"
-CONFIG_FILE = "config.yaml"
 # A failed step cancels the ones after it and leaves the cluster to the teardown task.
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
 
@@ -168,15 +172,14 @@ def emr_submit_options(code: str) -> list[str]:
     return ["--deploy-mode", "cluster", "--py-files", join(code, CODE_ARCHIVE)]
 
 
-def step_specs(run_id: str, code: str, overrides: Sequence[str]) -> list[dict[str, Any]]:
+def step_specs(run_id: str, code: str) -> list[dict[str, Any]]:
     """The add_job_flow_steps requests, in pipeline order."""
     specs = []
     for step in STEPS:
         args = spark_submit_args(
             step,
-            script=join(code, step.script),
+            script=join(code, staged_script(step)),
             config_uri=join(code, CONFIG_FILE),
-            overrides=overrides,
             submit_options=emr_submit_options(code),
         )
         specs.append(

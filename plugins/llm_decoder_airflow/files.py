@@ -2,7 +2,7 @@
 
 S3 goes through the amazon provider's S3Hook, so the Airflow connection (credentials,
 region, endpoint) decides where; local paths are plain files. The run layout mirrors
-spark_jobs.storage, which this module does not import: pyarrow pulls in numpy, and the DAG
+spark_jobs.common.storage, which this module does not import: pyarrow pulls in numpy, and the DAG
 files must parse without it.
 """
 
@@ -36,8 +36,8 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-class RunFiles:
-    """Small-file access by URI; S3 through S3Hook(aws_conn_id)."""
+class FileStore:
+    """Small-file access by URI (read, write, exists): S3 through S3Hook(aws_conn_id), else the local disk."""
 
     def __init__(self, aws_conn_id: str | None = "aws_default") -> None:
         self.aws_conn_id = aws_conn_id

@@ -12,10 +12,8 @@ from typing import Any
 from airflow.sdk import Param
 
 from llm_decoder_airflow.settings import PROJECT_ROOT, AirflowSettings, EmrSettings
-from spark_jobs.config import PipelineConfig, validate_config
+from spark_jobs.common.config import MODEL_KINDS, STRATEGY_NAMES, PipelineConfig, validate_config
 
-MODEL_KINDS = ["gpt", "mlp"]
-STRATEGIES = ["single", "ddp", "parameter_averaging"]
 OVERRIDE_PATTERN = r"^[a-z_]+(\.[a-z_]+)+=.*$"
 
 
@@ -24,7 +22,7 @@ def _model_params(config: PipelineConfig) -> dict[str, Param]:
         "model_kind": Param(
             config.model.kind,
             type="string",
-            enum=MODEL_KINDS,
+            enum=list(MODEL_KINDS),
             title="Model kind",
             description="gpt: causal transformer (cross-entropy); mlp: the seed's network "
             "(MSE to the next token's embedding, nearest-neighbour decoding).",
@@ -32,7 +30,7 @@ def _model_params(config: PipelineConfig) -> dict[str, Param]:
         "strategy": Param(
             config.training.strategy,
             type="string",
-            enum=STRATEGIES,
+            enum=list(STRATEGY_NAMES),
             title="Training strategy",
             description="single: one process; ddp: torch DDP via TorchDistributor; "
             "parameter_averaging: Spark-native DL4J-style averaging.",

@@ -1,10 +1,14 @@
 """THE pipeline definition: the ordered steps, what each reads and writes, how each is submitted.
 
-Both DAGs are generated from `STEPS`, and both build their `spark-submit` argument lists with
-`spark_submit_args`, so the local DAG, the EMR DAG and the replay test run the same command
-lines; only the options in front (master, deploy mode, --py-files) and the URIs differ.
+The steps themselves are listed once, in `spark_jobs.steps.STEPS`. Both DAGs are generated
+from that table, and both build their `spark-submit` argument lists with `spark_submit_args`,
+so the local DAG, the EMR DAG and the replay test run the same command lines; only the
+options in front (master, deploy mode, --py-files) and the URIs differ.
 
-    spark-submit [options] <script> --config <run>/code/config.yaml --set run.root=... --set run.id=...
+    spark-submit [options] <script> --config <root>/runs/<run_id>/code/config.yaml
+
+The rendered config (the base config with the run's Params and overrides applied, run.root
+and run.id included) is the single record every step of a run reads: nothing is passed twice.
 """
 
 from __future__ import annotations
@@ -14,56 +18,14 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from llm_decoder_airflow.files import join, run_dir
-from spark_jobs.config import RUN_ID_PATTERN, PipelineConfig, apply_overrides, validate_config
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    # The entry script, relative to the spark_jobs package (runs unchanged under spark-submit).
-    script: str
-    description: str
-    # Run-relative folders read and written (`corpus` is the configured corpus, outside the run).
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    # Spark properties this step needs wherever it runs.
-    spark_conf: Mapping[str, str] = field(default_factory=dict)
-
-
-STEPS: tuple[Step, ...] = (
-    Step(
-        name="preprocess",
-        script="preprocess.py",
-        description="Tokenize the corpus (byte-level BPE) and build token embeddings.",
-        inputs=("corpus",),
-        outputs=("preprocess",),
-    ),
-    Step(
-        name="window",
-        script="window.py",
-        description="Cut the token stream into train/val sliding windows.",
-        inputs=("preprocess",),
-        outputs=("window",),
-    ),
-    Step(
-        name="train",
-        script="train.py",
-        description="Train the decoder; write the model, checkpoints and metrics.",
-        inputs=("preprocess", "window"),
-        outputs=("train", "checkpoints", "metrics"),
-        # TorchDistributor's barrier stage fails when executors come and go (EMR enables
-        # dynamic allocation by default).
-        spark_conf={"spark.dynamicAllocation.enabled": "false"},
-    ),
-)
-STEP_NAMES = tuple(step.name for step in STEPS)
+from spark_jobs.common.config import RUN_ID_PATTERN, PipelineConfig, apply_overrides, validate_config
+from spark_jobs.common.pipeline import Step
 
 # Trigger-form Params that map onto config keys of the Spark steps.
 PARAM_TO_CONFIG = {
@@ -76,13 +38,6 @@ PARAM_TO_CONFIG = {
     "stride": "data.window_stride",
     "max_steps": "training.max_steps",
 }
-
-
-def step_by_name(name: str) -> Step:
-    for step in STEPS:
-        if step.name == name:
-            return step
-    raise KeyError(name)
 
 
 def run_id_from_airflow(airflow_run_id: str) -> str:
@@ -139,18 +94,14 @@ def spark_submit_args(
     *,
     script: str,
     config_uri: str,
-    overrides: Sequence[str],
     submit_options: Sequence[str] = (),
     spark_submit: str = "spark-submit",
 ) -> list[str]:
-    """The full argument list of one step's `spark-submit`."""
+    """The full argument list of one step's `spark-submit`: the step reads everything else from its config."""
     args = [spark_submit, *submit_options]
     for key, value in step.spark_conf.items():
         args += ["--conf", f"{key}={value}"]
-    args += [script, "--config", config_uri]
-    for override in overrides:
-        args += ["--set", override]
-    return args
+    return [*args, script, "--config", config_uri]
 
 
 def spark_submit_binary() -> str:
@@ -162,7 +113,7 @@ def spark_submit_binary() -> str:
 def package_dir() -> Path:
     """The spark_jobs package's folder (found via a module: an editable install may make the
     package itself look like a namespace package, with no __file__)."""
-    spec = importlib.util.find_spec("spark_jobs.config")
+    spec = importlib.util.find_spec("spark_jobs.cli")
     assert spec is not None and spec.origin is not None
     return Path(spec.origin).parent
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_decoder_airflow.files import RunFiles, join
+from llm_decoder_airflow.files import FileStore, join
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def decide(new: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[
     return "kept", f"{metric} {new_value:.4f} does not beat the champion's {old_value:.4f}"
 
 
-def promote(files: RunFiles, root: str, summary: Mapping[str, Any]) -> dict[str, Any]:
+def promote(files: FileStore, root: str, summary: Mapping[str, Any]) -> dict[str, Any]:
     """Update the champion pointer if this run is better; return the decision for XCom."""
     pointer = champion_uri(root)
     text = files.read_text(pointer)

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from spark_jobs.config import PipelineConfig
-from spark_jobs.errors import ConfigError
+from spark_jobs.common.config import PipelineConfig
+from spark_jobs.common.errors import ConfigError
 
 # The repository (or the image's copy of it): dags/, plugins/, configs/ and spark_jobs/ live here.
 PROJECT_ROOT = Path(os.environ.get("LLM_DECODER_HOME") or Path(__file__).resolve().parents[2])

@@ -15,13 +15,18 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from llm_decoder_airflow.emr import BOOTSTRAP_SCRIPT, CODE_ARCHIVE, CONFIG_FILE, REQUIREMENTS
-from llm_decoder_airflow.files import RunFiles, join
-from llm_decoder_airflow.pipeline import STEPS, package_dir
+from llm_decoder_airflow.files import FileStore, join
+from llm_decoder_airflow.pipeline import package_dir
 from llm_decoder_airflow.settings import PROJECT_ROOT
+from spark_jobs.common.pipeline import STEPS, Step
 
 log = logging.getLogger(__name__)
 
+# What <root>/runs/<run_id>/code/ holds, beside each step's entry script.
+CODE_ARCHIVE = "spark_jobs.zip"  # the spark_jobs package, for --py-files
+CONFIG_FILE = "config.yaml"  # the run's rendered config: the one record every step reads
+REQUIREMENTS = "requirements.txt"  # what the bootstrap action installs on every node
+BOOTSTRAP_SCRIPT = "install_python_deps.sh"
 BOOTSTRAP_PATH = Path(__file__).parent / "bootstrap" / BOOTSTRAP_SCRIPT
 DISTRIBUTION = "llm-decoder"
 # EMR provides Spark (and its pyspark) itself; installing another would shadow it.
@@ -44,10 +49,15 @@ def build_code_archive() -> bytes:
     return buffer.getvalue()
 
 
+def staged_script(step: Step) -> str:
+    """The name of a step's entry script under code/ (flat: code/preprocess.py, ...)."""
+    return Path(step.script).name
+
+
 def entry_scripts() -> dict[str, bytes]:
-    """{file name: source} of each step's entry script."""
+    """{staged name: source} of each step's entry script."""
     package = package_dir()
-    return {step.script: (package / step.script).read_bytes() for step in STEPS}
+    return {staged_script(step): (package / step.script).read_bytes() for step in STEPS}
 
 
 def _name(requirement: str) -> str:
@@ -66,7 +76,7 @@ def runtime_requirements() -> str:
     return "\n".join(kept) + "\n"
 
 
-def stage_code(files: RunFiles, code: str, config_yaml: str) -> dict[str, str]:
+def stage_code(files: FileStore, code: str, config_yaml: str) -> dict[str, str]:
     """Upload everything one run's EMR steps and bootstrap action need; return {name: uri}."""
     uploads = {
         CODE_ARCHIVE: build_code_archive(),

@@ -16,7 +16,7 @@ from typing import Any
 
 from llm_decoder_airflow import emr
 from llm_decoder_airflow.collect import collect_run
-from llm_decoder_airflow.files import RunFiles, join
+from llm_decoder_airflow.files import FileStore, join
 from llm_decoder_airflow.pipeline import (
     code_uri,
     config_overrides,
@@ -26,13 +26,13 @@ from llm_decoder_airflow.pipeline import (
     run_id_from_airflow,
     spark_submit_args,
     spark_submit_binary,
-    step_by_name,
 )
 from llm_decoder_airflow.promote import promote
 from llm_decoder_airflow.settings import Settings
-from llm_decoder_airflow.staging import stage_code
-from spark_jobs.config import dump_config
-from spark_jobs.errors import ConfigError, InputError
+from llm_decoder_airflow.staging import CONFIG_FILE, stage_code
+from spark_jobs.common.config import dump_config
+from spark_jobs.common.errors import ConfigError, InputError
+from spark_jobs.common.pipeline import step_by_name
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,13 @@ def stage_emr_run(
     check_aws(settings.airflow.aws_conn_id, cluster.bucket)
 
     code = code_uri(root, run_id)
-    stage_code(RunFiles(settings.airflow.aws_conn_id), code, dump_config(config))
+    stage_code(FileStore(settings.airflow.aws_conn_id), code, dump_config(config))
     return {
         "run_id": run_id,
         "root": root,
         "code": code,
         "job_flow": emr.cluster_spec(cluster, run_id, code),
-        "steps": emr.step_specs(run_id, code, overrides),
+        "steps": emr.step_specs(run_id, code),
     }
 
 
@@ -87,13 +87,12 @@ def prepare_local_run(
     root = params["root"]
     overrides = config_overrides(params, root, run_id)
     config = run_config(pipeline_raw, overrides, source="local run config (Params + config)")
-    config_uri = join(code_uri(root, run_id), emr.CONFIG_FILE)
-    RunFiles(aws_conn_id=None).write_text(config_uri, dump_config(config))
+    config_uri = join(code_uri(root, run_id), CONFIG_FILE)
+    FileStore(aws_conn_id=None).write_text(config_uri, dump_config(config))
     return {
         "run_id": run_id,
         "root": root,
         "config_uri": config_uri,
-        "overrides": overrides,
         "driver_memory": config.spark.driver_memory,
     }
 
@@ -104,7 +103,6 @@ def local_step_args(step_name: str, prepared: Mapping[str, Any], settings: Setti
         step,
         script=local_script(step),
         config_uri=prepared["config_uri"],
-        overrides=prepared["overrides"],
         submit_options=local_submit_options(settings.airflow.local_master, prepared["driver_memory"]),
         spark_submit=spark_submit_binary(),
     )
@@ -139,8 +137,8 @@ def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settin
 def collect_metrics(
     root: str, run_id: str, aws_conn_id: str | None, pipeline: Mapping[str, Any]
 ) -> dict[str, Any]:
-    return collect_run(RunFiles(aws_conn_id), root, run_id, pipeline)
+    return collect_run(FileStore(aws_conn_id), root, run_id, pipeline)
 
 
 def promote_model(root: str, summary: Mapping[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
-    return promote(RunFiles(aws_conn_id), root, summary)
+    return promote(FileStore(aws_conn_id), root, summary)

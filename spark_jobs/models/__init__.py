@@ -7,6 +7,10 @@ Both models read the same batches, int64 windows of W+1 token ids, and return th
   the vocabulary at every one of the W positions.
 - `mlp`: the seed's network, which regresses the next token's (frozen) embedding from the W
   context embeddings and is decoded by nearest neighbour over the embedding table.
+
+Beside them: `artifact.py` (a trained model as a directory: safetensors + config.json +
+tokenizer.json) and `generate.py` (text from a prompt, and the run's sample generations).
+May import: spark_jobs.common.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from spark_jobs.config import ModelConfig
-from spark_jobs.errors import ConfigError, InputError
+from spark_jobs.common.config import ModelConfig
+from spark_jobs.common.errors import ConfigError, InputError
 
 
 class ModelOutput(NamedTuple):

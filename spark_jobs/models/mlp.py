@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spark_jobs.config import ModelConfig
-from spark_jobs.errors import InputError
+from spark_jobs.common.config import ModelConfig
+from spark_jobs.common.errors import InputError
 from spark_jobs.models import DecoderModel, ModelOutput
 
 

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SCRATCH = Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "airflow-tests"
@@ -92,11 +94,11 @@ def step_base_name(name: str) -> str:
     return name.split(" [", 1)[0]
 
 
-def set_option(args: list[str], key: str) -> str | None:
-    """The value of `--set key=...` in a step's arguments."""
-    for flag, value in zip(args, args[1:], strict=False):
-        if flag == "--set" and value.startswith(f"{key}="):
-            return value.split("=", 1)[1]
+def option(args: list[str], flag: str) -> str | None:
+    """The value after `flag` in a step's arguments."""
+    for name, value in zip(args, args[1:], strict=False):
+        if name == flag:
+            return value
     return None
 
 
@@ -171,10 +173,13 @@ class EmrHarness:
         self.completed.append(name)
 
     def _write_outputs(self, step: str, args: list[str]) -> None:
-        root = set_option(args, "run.root")
-        run_id = set_option(args, "run.id")
-        if root is None or run_id is None:
+        # Where the step writes comes from its config, the one record the step reads (as on EMR).
+        config_uri = option(args, "--config")
+        if config_uri is None:
             return
+        config_bucket, _, config_key = config_uri[len("s3://") :].partition("/")
+        config = yaml.safe_load(self.s3.get_object(Bucket=config_bucket, Key=config_key)["Body"].read())
+        root, run_id = config["run"]["root"], config["run"]["id"]
         bucket, _, prefix = root[len("s3://") :].partition("/")
         run = f"{prefix}/runs/{run_id}"
         if step == "preprocess":

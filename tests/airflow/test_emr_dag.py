@@ -10,8 +10,9 @@ import json
 
 import pytest
 from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name
-from llm_decoder_airflow.collect import HEADLINE_KEYS
-from llm_decoder_airflow.pipeline import STEP_NAMES
+
+from spark_jobs.common.pipeline import STEP_NAMES
+from spark_jobs.reporting.summary import HEADLINE_KEYS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -142,7 +143,7 @@ def test_add_steps_twice_adds_each_step_once(s3, emr_client):
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
     )["JobFlowId"]
-    specs = step_specs("r1", f"s3://{BUCKET}/{PREFIX}/runs/r1/code", ["run.id=r1"])
+    specs = step_specs("r1", f"s3://{BUCKET}/{PREFIX}/runs/r1/code")
     first = add_missing_steps(cluster, specs[:1], "aws_default")  # an attempt that died half-way
     second = add_missing_steps(cluster, specs, "aws_default")
     third = add_missing_steps(cluster, specs, "aws_default")

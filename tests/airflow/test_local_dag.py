@@ -6,8 +6,9 @@ import json
 import math
 
 import pytest
-from llm_decoder_airflow.collect import HEADLINE_KEYS
-from llm_decoder_airflow.pipeline import STEPS
+
+from spark_jobs.common.pipeline import STEPS
+from spark_jobs.reporting.summary import HEADLINE_KEYS
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,7 +58,7 @@ def test_invalid_overrides_are_refused_before_anything_runs(tmp_path):
     from llm_decoder_airflow.settings import load_local_config
     from llm_decoder_airflow.tasks import prepare_local_run
 
-    from spark_jobs.errors import ConfigError
+    from spark_jobs.common.errors import ConfigError
 
     pipeline_raw, _ = load_local_config()
     params = {"root": str(tmp_path), "overrides": ["training.batch_size=-1"]}

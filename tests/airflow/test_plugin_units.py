@@ -11,13 +11,15 @@ import pytest
 import yaml
 from airflow_testing import REPO
 from llm_decoder_airflow import emr, pipeline, staging
-from llm_decoder_airflow.collect import HEADLINE_KEYS, collect_run
-from llm_decoder_airflow.files import RunFiles
+from llm_decoder_airflow.collect import collect_run
+from llm_decoder_airflow.files import FileStore
 from llm_decoder_airflow.promote import champion_uri, decide, promote
 from llm_decoder_airflow.settings import EmrSettings, read_yaml, split_config
 
-from spark_jobs.config import RUN_ID_PATTERN
-from spark_jobs.errors import ConfigError
+from spark_jobs.common.config import RUN_ID_PATTERN
+from spark_jobs.common.errors import ConfigError
+from spark_jobs.common.pipeline import STEP_NAMES, STEPS
+from spark_jobs.reporting.summary import HEADLINE_KEYS
 
 
 @pytest.mark.parametrize(
@@ -60,30 +62,22 @@ def test_a_bad_override_is_a_config_error_naming_the_key():
 
 
 def test_step_arguments_are_the_same_for_local_and_emr_but_for_the_front():
-    overrides = ["run.root=s3://b/p", "run.id=r1"]
-    specs = emr.step_specs("r1", "s3://b/p/runs/r1/code", overrides)
-    assert [emr.step_of(s["Name"]) for s in specs] == list(pipeline.STEP_NAMES)
-    for spec, step in zip(specs, pipeline.STEPS, strict=True):
+    specs = emr.step_specs("r1", "s3://b/p/runs/r1/code")
+    assert [emr.step_of(s["Name"]) for s in specs] == list(STEP_NAMES)
+    for spec, step in zip(specs, STEPS, strict=True):
         assert spec["ActionOnFailure"] == "CANCEL_AND_WAIT"
         assert spec["HadoopJarStep"]["Jar"] == "command-runner.jar"
         args = spec["HadoopJarStep"]["Args"]
         assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
         assert args[args.index("--py-files") + 1] == "s3://b/p/runs/r1/code/spark_jobs.zip"
-        script = args.index(f"s3://b/p/runs/r1/code/{step.script}")
-        assert args[script + 1 :] == [
-            "--config",
-            "s3://b/p/runs/r1/code/config.yaml",
-            "--set",
-            "run.root=s3://b/p",
-            "--set",
-            "run.id=r1",
-        ]
+        script = args.index(f"s3://b/p/runs/r1/code/{step.name}.py")
+        # the staged config is the one record of the run: no --set list beside it
+        assert args[script + 1 :] == ["--config", "s3://b/p/runs/r1/code/config.yaml"]
         assert ("spark.dynamicAllocation.enabled=false" in args) == (step.name == "train")
         local = pipeline.spark_submit_args(
             step,
             script="x.py",
             config_uri="c.yaml",
-            overrides=overrides,
             submit_options=["--master", "local[2]"],
         )
         assert local[local.index("x.py") + 1 :][2:] == args[script + 1 :][2:]
@@ -135,7 +129,7 @@ def test_staging_archive_and_requirements():
     first, second = staging.build_code_archive(), staging.build_code_archive()
     assert first == second  # byte-identical for identical code
     names = zipfile.ZipFile(io.BytesIO(first)).namelist()
-    assert "spark_jobs/config.py" in names and "spark_jobs/preprocess.py" in names
+    assert "spark_jobs/common/config.py" in names and "spark_jobs/steps/preprocess.py" in names
     assert not any("__pycache__" in n for n in names)
     requirements = staging.runtime_requirements().splitlines()
     assert "torch==2.13.0" in requirements
@@ -162,7 +156,7 @@ def test_collect_writes_a_summary_that_names_what_is_missing(tmp_path):
     (run / "metrics" / "summary.json").write_text(json.dumps({"val_loss": 2.5, "first_val_loss": 5.0}))
     (run / "window").mkdir()
     (run / "window" / "data_distribution.json").write_text("{not json")
-    summary = collect_run(RunFiles(None), str(tmp_path), "r1", {"dag_id": "d"})
+    summary = collect_run(FileStore(None), str(tmp_path), "r1", {"dag_id": "d"})
     written = json.loads((run / "summary.json").read_text())
     assert written == summary
     assert set(HEADLINE_KEYS) <= set(written)
@@ -177,7 +171,7 @@ def test_collect_writes_a_summary_that_names_what_is_missing(tmp_path):
 
 
 def test_collect_with_no_metrics_at_all(tmp_path):
-    summary = collect_run(RunFiles(None), str(tmp_path), "r2")
+    summary = collect_run(FileStore(None), str(tmp_path), "r2")
     assert summary["status"] == "incomplete" and len(summary["missing"]) == 3
     assert (tmp_path / "runs" / "r2" / "summary.json").exists()
 
@@ -198,7 +192,7 @@ def test_promotion_decisions():
 
 
 def test_promote_updates_the_pointer_only_when_better_and_is_idempotent(tmp_path):
-    files, root = RunFiles(None), str(tmp_path)
+    files, root = FileStore(None), str(tmp_path)
     assert promote(files, root, _summary("a", 2.0))["decision"] == "promoted"
     assert promote(files, root, _summary("a", 2.0))["decision"] == "unchanged"
     assert promote(files, root, _summary("b", 2.5))["decision"] == "kept"

@@ -2,7 +2,8 @@
 
 The EMR DAG runs against moto (the harness completes its steps); the test then reads each
 step's Args back from EMR, maps s3://<bucket> to a local folder holding a copy of the staged
-code and corpus, switches the deploy mode to client, and runs them. The outputs must equal
+code and corpus (in the arguments and in the staged config.yaml, the one record the steps
+read), switches the deploy mode to client, and runs them. The outputs must equal
 the local DAG's: the same tokenizer, token stream and windows.
 """
 
@@ -18,8 +19,10 @@ import pytest
 import yaml
 from airflow_testing import BUCKET, PREFIX
 from llm_decoder_airflow.emr import step_of
-from llm_decoder_airflow.pipeline import STEP_NAMES, spark_submit_binary
+from llm_decoder_airflow.pipeline import PARAM_TO_CONFIG, spark_submit_binary
 from test_emr_dag import all_cluster_ids, clusters_of_run, run_emr_dag
+
+from spark_jobs.common.pipeline import STEP_NAMES
 
 pytestmark = pytest.mark.timeout(600)
 REPLAYED = ("preprocess", "window")
@@ -63,11 +66,15 @@ def test_emr_step_arguments_replayed_locally_equal_the_local_dag(
     }
     assert set(steps) == set(STEP_NAMES)
     args = {name: step["Config"]["Args"] for name, step in steps.items()}
-    run_id = args["preprocess"][args["preprocess"].index("--set") + 3].split("=", 1)[1]
+    assert not any("--set" in step_args for step_args in args.values())  # the config is the one record
+    run_id = steps["preprocess"]["Name"].split(" [", 1)[1].rstrip("]")
 
     bucket_dir = tmp_path / "s3" / BUCKET
     download(s3, f"{PREFIX}/runs/{run_id}/code/", bucket_dir)
     download(s3, "data/", bucket_dir)
+    config_path = bucket_dir / PREFIX / "runs" / run_id / "code" / "config.yaml"
+    emr_config_text = config_path.read_text()
+    config_path.write_text(emr_config_text.replace(f"s3://{BUCKET}", str(bucket_dir)))
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     for name in REPLAYED:
         command = localize(args[name], bucket_dir)
@@ -90,13 +97,13 @@ def test_emr_step_arguments_replayed_locally_equal_the_local_dag(
     script = next(i for i, a in enumerate(train_args) if a.endswith("train.py"))
     assert "spark.dynamicAllocation.enabled=false" in train_args[:script]
     local_config = yaml.safe_load((local / "code" / "config.yaml").read_text())
-    overrides = [v for flag, v in zip(train_args, train_args[1:], strict=False) if flag == "--set"]
+    emr_config = yaml.safe_load(emr_config_text)
+    assert emr_config["run"]["id"] == run_id and emr_config["run"]["root"] == f"s3://{BUCKET}/{PREFIX}"
     compared = 0
-    for override in overrides:
-        key, value = override.split("=", 1)
-        if key in ("run.root", "run.id", "data.corpus_path"):
+    for key in PARAM_TO_CONFIG.values():  # what the trigger form sets
+        if key == "data.corpus_path":
             continue
         section, field = key.split(".")
-        assert local_config[section][field] == yaml.safe_load(value), override
+        assert emr_config[section][field] == local_config[section][field], key
         compared += 1
     assert compared >= 5

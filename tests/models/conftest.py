@@ -9,7 +9,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from spark_jobs.config import ModelConfig
+from spark_jobs.common.config import ModelConfig
 
 CORPUS = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 VOCAB_SIZE = 300

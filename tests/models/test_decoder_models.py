@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spark_jobs.errors import ConfigError, InputError
+from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.models import DecoderModel, ModelOutput, build_model
 from spark_jobs.models.mlp import sinusoidal_positions
 

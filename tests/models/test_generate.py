@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from spark_jobs.cli import app
-from spark_jobs.errors import ConfigError, InputError
-from spark_jobs.generate import generate, sample_next
-from spark_jobs.model_io import load_model, save_model
+from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.models import build_model
+from spark_jobs.models.artifact import load_model, save_model
+from spark_jobs.models.generate import generate, sample_next
 
 PROMPT = "First Citizen:\n"
 

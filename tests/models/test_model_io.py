@@ -11,9 +11,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from spark_jobs.errors import InputError
-from spark_jobs.model_io import load_model, save_model
+from spark_jobs.common.errors import InputError
 from spark_jobs.models import build_model
+from spark_jobs.models.artifact import load_model, save_model
 
 CONTEXT = [[5, 17, 42, 101, 7, 250, 33, 9], [1, 2, 3, 4, 5, 6, 7, 8]]
 
@@ -21,7 +21,7 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
     """
     import json, sys
     import torch
-    from spark_jobs.model_io import load_model
+    from spark_jobs.models.artifact import load_model
 
     context = torch.tensor(json.loads(sys.argv[1]))
     result = {}

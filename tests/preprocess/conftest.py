@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import storage
-from spark_jobs.config import PipelineConfig, validate_config
+from spark_jobs.common import storage
+from spark_jobs.common.config import PipelineConfig, validate_config
 
 # Small and fast: a tiny vocab and embedding size keep every run to a few seconds.
 EMBEDDING_SIZE = 16
@@ -44,7 +44,7 @@ def two_doc_corpus(tmp_path_factory, small_corpus) -> Path:
 @pytest.fixture(scope="session")
 def baseline(spark, tmp_path_factory, two_doc_corpus):
     """One preprocess run on the two-document corpus (Word2Vec embeddings)."""
-    from spark_jobs.preprocess import run
+    from spark_jobs.steps.preprocess import run
 
     root = tmp_path_factory.mktemp("baseline")
     config = make_config(root, two_doc_corpus, run_id="base")

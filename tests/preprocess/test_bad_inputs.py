@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import storage
-from spark_jobs.errors import InputError
-from spark_jobs.preprocess import run
+from spark_jobs.common import storage
+from spark_jobs.common.errors import InputError
+from spark_jobs.steps.preprocess import run
 
 from .conftest import EMBEDDING_SIZE, make_config, step_dir
 

@@ -1,4 +1,4 @@
-"""`llm-decoder preprocess` and `spark-submit spark_jobs/preprocess.py` do the same thing."""
+"""`llm-decoder preprocess` and `spark-submit spark_jobs/steps/preprocess.py` do the same thing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 from tokenizers import Tokenizer
 
-from spark_jobs import storage
+from spark_jobs.common import storage
 
 from .conftest import EMBEDDING_SIZE, VOCAB_SIZE
 
@@ -84,7 +84,7 @@ def test_spark_submit_preprocess(repo, tmp_path, small_corpus):
         "spark.driver.bindAddress=127.0.0.1",
         "--conf",
         "spark.ui.enabled=false",
-        "spark_jobs/preprocess.py",
+        "spark_jobs/steps/preprocess.py",
         "--config",
         "configs/local.yaml",
     ]

@@ -14,10 +14,10 @@ import pytest
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-from spark_jobs import storage
-from spark_jobs.corpus import normalize_text
-from spark_jobs.errors import InputError
-from spark_jobs.preprocess import run
+from spark_jobs.common import storage
+from spark_jobs.common.errors import InputError
+from spark_jobs.data.corpus import normalize_text
+from spark_jobs.steps.preprocess import run
 
 from .conftest import EMBEDDING_SIZE, SECOND_DOC, make_config, step_dir
 

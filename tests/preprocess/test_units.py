@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spark_jobs import corpus, embeddings
-from spark_jobs.errors import InputError
-from spark_jobs.preprocess import token_counts_csv
-from spark_jobs.tokenizer import train_tokenizer
+from spark_jobs.common.errors import InputError
+from spark_jobs.data import corpus, embeddings
+from spark_jobs.data.tokenizer import train_tokenizer
+from spark_jobs.steps.preprocess import token_counts_csv
 
 
 def test_normalisation_makes_lf_and_drops_bom():

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from spark_jobs.config import PipelineConfig, apply_overrides, validate_config
-from spark_jobs.tokenizer import train_tokenizer
+from spark_jobs.common.config import PipelineConfig, apply_overrides, validate_config
+from spark_jobs.data.tokenizer import train_tokenizer
 
 WINDOW = 16
 EMBEDDING = 32

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from spark_jobs import train
-from spark_jobs.config import dump_config
-from spark_jobs.train_metrics import read_steps
+from spark_jobs.common.config import dump_config
+from spark_jobs.reporting.train_metrics import read_steps
+from spark_jobs.steps import train
 
 CLI = str(Path(sys.executable).parent / "llm-decoder")
 

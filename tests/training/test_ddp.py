@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spark_jobs import train
-from spark_jobs.errors import TrainingError
-from spark_jobs.train_metrics import read_steps
+from spark_jobs.common.errors import TrainingError
+from spark_jobs.reporting.train_metrics import read_steps
+from spark_jobs.steps import train
 
 
 def _losses(metrics_dir) -> list[tuple[int, float]]:

@@ -16,10 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from spark_jobs import averaging, checkpoints
-from spark_jobs.config import PipelineConfig
-from spark_jobs.errors import InputError, TrainingError
-from spark_jobs.strategies import TrainInputs, parameter_averaging, single
+from spark_jobs.common.config import PipelineConfig
+from spark_jobs.common.errors import InputError, TrainingError
+from spark_jobs.training import averaging, checkpoints
+from spark_jobs.training.inputs import TrainInputs
+from spark_jobs.training.strategies import parameter_averaging, single
 
 WINDOW = 16
 EMBEDDING = 32
@@ -273,10 +274,10 @@ def test_interrupted_run_resumes_to_the_same_model(spark, window_dir: Path, tmp_
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6)
 
 
-def test_spark_json_describes_the_rounds(spark, window_dir: Path, tmp_path: Path) -> None:
+def test_spark_metrics_describe_the_rounds(spark, window_dir: Path, tmp_path: Path) -> None:
     config = _config("mlp", tmp_path, num_workers=2, averaging_frequency=4, max_steps=12)
     result = parameter_averaging.train(config, _inputs(window_dir, tmp_path, "mlp"), resume=False)
-    figures = json.loads((tmp_path / "metrics" / "spark.json").read_text())
+    figures = result["spark_metrics"]  # the train step writes them to metrics/spark.json
 
     assert figures["source"] == "status_store" and figures["job_group"].startswith("train-pa-test-")
     assert figures["jobs"]["count"] == result["rounds"] == 3

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from spark_jobs import storage, train
-from spark_jobs.errors import TrainingError
+from spark_jobs.common import storage
+from spark_jobs.common.errors import TrainingError
+from spark_jobs.steps import train
 
 
 @pytest.fixture
@@ -31,10 +32,10 @@ def s3_root(monkeypatch):
     server.stop()
 
 
-def test_train_reads_writes_and_resumes_on_s3(s3_root, new_run, tiny_config):
+def test_train_reads_writes_and_resumes_on_s3(s3_root, new_run, tiny_config, upload_tree):
     local_root, run_id = new_run()
     for step in ("preprocess", "window"):
-        storage.copy_from_local(str(local_root / "runs" / run_id / step), f"{s3_root}/runs/{run_id}/{step}")
+        upload_tree(str(local_root / "runs" / run_id / step), f"{s3_root}/runs/{run_id}/{step}")
     common = ("training.max_steps=8", "training.checkpoint_interval=4")
     with pytest.raises(TrainingError, match=r"at step 6; last good checkpoint: s3://runs/prefix/.*/step-4"):
         train.run(tiny_config(s3_root, run_id, *common, "training.debug_nan_at_step=6"))

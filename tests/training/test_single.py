@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -10,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from spark_jobs import train
-from spark_jobs.errors import TrainingError
-from spark_jobs.model_io import load_model
-from spark_jobs.train_metrics import read_epochs, read_steps
+from spark_jobs.common.errors import TrainingError
+from spark_jobs.models.artifact import load_model
+from spark_jobs.reporting.train_metrics import read_steps
+from spark_jobs.steps import train
 
 SUMMARY_KEYS = {
     "model_kind", "strategy", "num_workers", "steps", "train_loss", "val_loss", "first_val_loss",
@@ -59,7 +61,7 @@ def test_gpt_learns_and_leaves_model_metrics_and_report(new_run, tiny_config):
     assert [r["step"] for r in train_steps if "grad_histogram" in r] == [10, 20, 30, 40]
     assert [r["step"] for r in steps if r["kind"] == "eval"] == [0, 20, 40]
 
-    (epoch,) = read_epochs(str(run / "metrics"))
+    (epoch,) = csv.DictReader(io.StringIO((run / "metrics" / "epochs.csv").read_text()))
     assert float(epoch["val_loss"]) == pytest.approx(summary["val_loss"])
     assert float(epoch["val_perplexity"]) == pytest.approx(
         torch.tensor(summary["val_loss"]).exp().item(), rel=1e-5
@@ -119,7 +121,7 @@ def test_the_trained_model_loads_in_a_fresh_process(new_run, tiny_config):
     expected = model.next_token_scores(context)[0, :5].tolist()
     code = (
         "import json, sys, torch\n"
-        "from spark_jobs.model_io import load_model\n"
+        "from spark_jobs.models.artifact import load_model\n"
         "model, tokenizer, _ = load_model(sys.argv[1])\n"
         "print(json.dumps(model.next_token_scores(torch.tensor([[5, 6, 7, 8]]))[0, :5].tolist()))\n"
     )

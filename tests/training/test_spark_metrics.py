@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import spark_metrics
-from spark_jobs.spark_metrics import collect_spark_metrics, write_spark_metrics
+from spark_jobs.reporting import spark_metrics
+from spark_jobs.reporting.spark_metrics import collect_spark_metrics, write_spark_metrics
 
 
 def test_stage_totals_rates_and_units() -> None:

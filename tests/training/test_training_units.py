@@ -10,12 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from spark_jobs import checkpoints
-from spark_jobs.config import TrainingConfig
-from spark_jobs.errors import TrainingError
-from spark_jobs.optim import learning_rate_at, make_optimizer, set_learning_rate
-from spark_jobs.train_metrics import MetricsWriter, bits_per_char, gradient_stats, read_epochs, read_steps
-from spark_jobs.training_data import batch_order, load_windows
+from spark_jobs.common.config import TrainingConfig
+from spark_jobs.common.errors import TrainingError
+from spark_jobs.data.loader import batch_order, load_windows
+from spark_jobs.reporting.train_metrics import (
+    MetricsWriter,
+    bits_per_char,
+    gradient_stats,
+    read_steps,
+    write_run_summary,
+)
+from spark_jobs.training import checkpoints
+from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 
 
 def test_learning_rate_warms_up_then_decays_to_the_minimum():
@@ -87,9 +93,10 @@ def test_metrics_writer_keeps_records_up_to_the_resumed_step(tmp_path):
     assert [r["step"] for r in read_steps(str(tmp_path))] == [5, 10, 15]
     resumed = MetricsWriter(str(tmp_path), resume_step=10)
     resumed.log_step({"kind": "train", "step": 15, "loss": 0.2})
-    resumed.write_summary({"steps": 15})
+    resumed.flush()
+    write_run_summary(str(tmp_path), {"steps": 15})
     assert [(r["step"], r["loss"]) for r in read_steps(str(tmp_path))] == [(5, 0.2), (10, 0.1), (15, 0.2)]
-    assert read_epochs(str(tmp_path)) == []
+    assert (tmp_path / "epochs.csv").read_text().splitlines()[1:] == []  # the header only
     assert json.loads((tmp_path / "summary.json").read_text()) == {"steps": 15}
     MetricsWriter(str(tmp_path))  # a fresh start clears the old records
     assert read_steps(str(tmp_path)) == []
@@ -139,7 +146,7 @@ def test_a_corrupt_latest_checkpoint_falls_back_with_a_warning(tmp_path, caplog)
         checkpoints.save_checkpoint(str(tmp_path), step, model.state_dict(), optimizer, {}, keep=3)
     weights = tmp_path / "step-4" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:50])  # truncated, as by a crash mid-copy
-    with caplog.at_level(logging.WARNING, logger="spark_jobs.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="spark_jobs.training.checkpoints"):
         checkpoint = checkpoints.load_latest(str(tmp_path))
     assert checkpoint.step == 2
     assert "step-4 is unusable" in caplog.text and "checksum mismatch" in caplog.text
@@ -161,7 +168,7 @@ def test_a_checkpoint_without_its_marker_is_ignored(tmp_path):
 
 
 def test_early_stop_after_patience_evaluations_without_improvement():
-    from spark_jobs.trainer import Position, should_stop_early
+    from spark_jobs.training.state import Position, should_stop_early
 
     pos = Position()
     assert [should_stop_early(pos, loss, patience=2) for loss in (3.0, 2.0, 2.5, 2.1)] == [
@@ -172,3 +179,10 @@ def test_early_stop_after_patience_evaluations_without_improvement():
     ]
     assert pos.best_val_loss == 2.0
     assert not any(should_stop_early(Position(), loss, patience=None) for loss in (1.0, 2.0, 3.0))
+
+
+def test_every_configured_strategy_is_registered():
+    from spark_jobs.common.config import STRATEGY_NAMES
+    from spark_jobs.training.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES  # a new training.strategy value needs its function

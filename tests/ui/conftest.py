@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs import storage
-from spark_jobs.spark_metrics import (
+from spark_jobs.common import storage
+from spark_jobs.data.windows import partition_stats
+from spark_jobs.reporting.spark_metrics import (
     summarize_executors,
     summarize_stages,
     summarize_tasks,
     write_spark_metrics,
 )
-from spark_jobs.train_metrics import MetricsWriter
-from spark_jobs.windows import partition_stats
+from spark_jobs.reporting.train_metrics import MetricsWriter, write_run_summary
 
 # ui_harness.py (Airflow standalone + Chromium) is imported by the browser test.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -68,7 +68,9 @@ def make_run(root: Path, run_id: str, val_loss: float, *, spark: bool = True, st
         {"epoch": 0, "step": steps, "train_loss": val_loss + 0.1, "train_accuracy": 0.33, "val_loss": val_loss,
          "val_accuracy": 0.31, "val_perplexity": math.exp(val_loss), "val_bits_per_char": 0.9, "epoch_s": 2.0}
     )  # fmt: skip
-    metrics.write_summary(
+    metrics.flush()
+    write_run_summary(
+        str(run / "metrics"),
         {"run_id": run_id, "model_kind": "gpt", "strategy": "ddp", "num_workers": 2, "steps": steps,
          "epochs": 1, "train_loss": val_loss + 0.1, "val_loss": val_loss, "first_val_loss": first_val,
          "val_accuracy": 0.3125, "val_bits_per_char": 0.875, "tokens_per_s": 9123.4, "wall_s": 61.5,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.errors import InputError
-from spark_jobs.html_report import build_html_report, write_html_report
+from spark_jobs.common.errors import InputError
+from spark_jobs.reporting.html.render import build_html_report, write_html_report
 
 SECTIONS = ["Headline figures", "Champion comparison", "Training curves", "Sample generations",
             "Data distribution", "Spark executors and tasks", "Time per pipeline step", "Config used"]  # fmt: skip
@@ -137,11 +137,11 @@ def test_champion_comparison_reads_the_pointer_and_the_champions_summary(
     assert "This run is the champion." in champion_text
 
 
-def test_report_reads_and_writes_s3(fake_run: Path, moto_s3: str) -> None:
-    from spark_jobs import storage
+def test_report_reads_and_writes_s3(fake_run: Path, moto_s3: str, upload_tree) -> None:
+    from spark_jobs.common import storage
 
     run_uri = f"{moto_s3}/runs/run-a"
-    storage.copy_from_local(str(fake_run), run_uri)
+    upload_tree(str(fake_run), run_uri)
 
     written = write_html_report(run_uri)
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spark_jobs.cli import app
-from spark_jobs.errors import InputError
-from spark_jobs.runs import list_runs
+from spark_jobs.common.errors import InputError
+from spark_jobs.reporting.runs import list_runs
 
 
 @pytest.fixture()
@@ -79,10 +79,9 @@ def test_report_command_writes_the_html_and_prints_where(fake_run: Path) -> None
     assert "<h2>Headline figures</h2>" in written.read_text(encoding="utf-8")
 
 
-def test_list_runs_on_s3(two_runs: Path, moto_s3: str) -> None:
-    from spark_jobs import storage
+def test_list_runs_on_s3(two_runs: Path, moto_s3: str, upload_tree) -> None:
 
-    storage.copy_from_local(str(two_runs), moto_s3)
+    upload_tree(str(two_runs), moto_s3)
 
     runs = {r["run_id"]: r for r in list_runs(moto_s3)}
 

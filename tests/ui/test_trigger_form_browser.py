@@ -110,7 +110,7 @@ def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: Airflow
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from spark_jobs.html_report import write_html_report
+    from spark_jobs.reporting.html.render import write_html_report
 
     began = time.monotonic()
     wait = WebDriverWait(browser, UI_TIMEOUT_S)

@@ -7,8 +7,14 @@ import sys
 
 import pytest
 
-from spark_jobs.config import PipelineConfig, apply_overrides, dump_config, load_config, validate_config
-from spark_jobs.errors import ConfigError
+from spark_jobs.common.config import (
+    PipelineConfig,
+    apply_overrides,
+    dump_config,
+    load_config,
+    validate_config,
+)
+from spark_jobs.common.errors import ConfigError
 
 
 def test_local_config_loads_and_overrides_apply(repo):

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs import storage
-from spark_jobs.config import PipelineConfig, validate_config
+from spark_jobs.common import storage
+from spark_jobs.common.config import PipelineConfig, validate_config
 
 DOC_BASE = 100_000
 

@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spark_jobs import storage, window
-from spark_jobs.errors import InputError
-from spark_jobs.windows import split_point, window_count
+from spark_jobs.common import storage
+from spark_jobs.common.errors import InputError
+from spark_jobs.data.windows import split_point, window_count
+from spark_jobs.steps import window
 
 from .conftest import doc_tokens, write_preprocess
 
@@ -97,7 +98,7 @@ def test_stride_by_stream_starts_every_stride_and_warns_when_skipping(spark, win
     warnings: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: warnings.append(record.getMessage())
-    logger = logging.getLogger("spark_jobs.window")
+    logger = logging.getLogger("spark_jobs.steps.window")
     logger.addHandler(handler)
     try:
         window.run(config)
@@ -183,7 +184,7 @@ def test_malformed_preprocess_output_is_refused(spark, window_config) -> None:
 
 def test_cli_exits_2_with_one_line(tmp_path: Path, repo: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "spark_jobs/window.py", "--set", f"run.root={tmp_path}", "--set", "run.id=x"],
+        [sys.executable, "spark_jobs/steps/window.py", "--set", f"run.root={tmp_path}", "--set", "run.id=x"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -196,9 +197,9 @@ def test_cli_exits_2_with_one_line(tmp_path: Path, repo: Path) -> None:
 
 @pytest.mark.slow
 def test_preprocess_then_window_decodes_back_to_the_corpus(spark, tmp_path: Path, small_corpus: Path) -> None:
-    from spark_jobs import preprocess
-    from spark_jobs.config import validate_config
-    from spark_jobs.tokenizer import load_tokenizer
+    from spark_jobs.common.config import validate_config
+    from spark_jobs.data.tokenizer import load_tokenizer
+    from spark_jobs.steps import preprocess
 
     config = validate_config(
         {

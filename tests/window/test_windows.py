@@ -1,11 +1,11 @@
-"""The window arithmetic (spark_jobs.windows), without Spark."""
+"""The window arithmetic (spark_jobs.data.windows), without Spark."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from spark_jobs.windows import (
+from spark_jobs.data.windows import (
     Run,
     assign_segments,
     cut_windows,

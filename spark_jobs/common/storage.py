@@ -1,0 +1,205 @@
+"""Where a run's files live: a local directory or s3://bucket/prefix, through pyarrow.fs.
+
+Layout of one run (every step writes only under its own folder):
+
+    <root>/runs/<run_id>/preprocess/   tokenizer.json, tokens/, token_counts/, embeddings.*, stats.json
+    <root>/runs/<run_id>/window/       train/, val/, data_distribution.json
+    <root>/runs/<run_id>/checkpoints/  step-<n>/ (kept across retries of the train step)
+    <root>/runs/<run_id>/train/        model/ (model.safetensors, config.json, tokenizer.json)
+    <root>/runs/<run_id>/metrics/      steps.jsonl, epochs.csv, spark.json, summary.json, report.*
+    <root>/models/champion.json        the promoted model
+
+A step is complete when its folder holds `_SUCCESS`. `step_output` writes a step into a
+temporary sibling folder and renames it into place (local), or clears the folder and writes
+the marker last (S3, which has no rename); either way a reader never takes a half-written
+step for a finished one, and a re-run replaces the previous output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from pyarrow import fs as pafs
+
+from spark_jobs.common.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SUCCESS_MARKER = "_SUCCESS"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def normalize(uri: str) -> str:
+    """Absolute local path, or the s3:// URI without a trailing slash."""
+    if is_s3(uri):
+        return "s3://" + uri.split("://", 1)[1].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return posixpath.join(normalize(base), *parts)
+    return os.path.join(normalize(base), *parts)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the path inside it for a URI."""
+    if is_s3(uri):
+        bucket_and_key = normalize(uri)[len("s3://") :]
+        return _s3_filesystem(), bucket_and_key
+    return pafs.LocalFileSystem(), normalize(uri)
+
+
+def _s3_filesystem() -> pafs.S3FileSystem:
+    # Credentials come from the default chain (instance profile on EMR, env vars locally).
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if endpoint:
+        scheme = "https" if endpoint.startswith("https") else "http"
+        host = endpoint.split("://", 1)[-1]
+        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region)
+    return pafs.S3FileSystem(region=region)
+
+
+def spark_path(uri: str) -> str:
+    """A path Spark can read or write: s3:// as-is (EMRFS), local as an absolute path."""
+    return normalize(uri)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise InputError(f"file not found: {uri}") from None
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file; locally via a temporary file and an atomic rename."""
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def delete(uri: str) -> None:
+    """Delete a file or a folder tree; missing is fine."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def list_dir(uri: str) -> list[str]:
+    """Names (not paths) directly under a folder; [] if it does not exist."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+
+
+# --- the run layout -------------------------------------------------------------------
+
+
+def run_dir(root: str, run_id: str) -> str:
+    return join(root, "runs", run_id)
+
+
+def step_dir(root: str, run_id: str, step: str) -> str:
+    return join(run_dir(root, run_id), step)
+
+
+def is_complete(step_uri: str) -> bool:
+    return exists(join(step_uri, SUCCESS_MARKER))
+
+
+def require_complete(step_uri: str, step: str) -> None:
+    """Refuse to read a previous step's output unless it was marked complete."""
+    if not exists(step_uri):
+        raise InputError(f"{step} output not found: {step_uri} (run the {step} step first)")
+    if not is_complete(step_uri):
+        raise InputError(
+            f"{step} output at {step_uri} has no {SUCCESS_MARKER} marker: the step did not finish; re-run it"
+        )
+
+
+@contextlib.contextmanager
+def step_output(final_uri: str) -> Iterator[str]:
+    """Yield a folder to write a step's output into; commit it with `_SUCCESS` on success.
+
+    Local: the output goes to a temporary sibling folder which replaces `final_uri` by rename.
+    S3: the old output and marker are removed first, the output is written in place, and
+    the marker comes last. On an exception nothing is marked complete.
+    """
+    final_uri = normalize(final_uri)
+    marker = join(final_uri, SUCCESS_MARKER)
+    delete(marker)  # from now on the old output no longer counts as complete
+    if is_s3(final_uri):
+        delete(final_uri)
+        yield final_uri
+        write_text(marker, "")
+        return
+
+    parent = os.path.dirname(final_uri)
+    os.makedirs(parent, exist_ok=True)
+    base = os.path.basename(final_uri)
+    for name in os.listdir(parent):  # leftovers of interrupted attempts
+        if name.startswith(f".{base}.tmp-"):
+            delete(os.path.join(parent, name))
+    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        delete(tmp)
+        raise
+    delete(final_uri)
+    os.rename(tmp, final_uri)
+    write_text(marker, "")
+    log.info("committed %s", final_uri)

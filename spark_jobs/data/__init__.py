@@ -1,0 +1,10 @@
+"""The data side, mostly pure functions that the Spark steps call and unit tests call without Spark.
+
+    corpus.py      finding, reading and normalising the corpus files (local or s3://)
+    tokenizer.py   byte-level BPE: training, loading, encoding Arrow batches inside Spark
+    embeddings.py  a previous phase's token embeddings (word2vec text / CSV), validated; Word2Vec
+    windows.py     the arithmetic of sliding windows and the contiguous train/val split
+    loader.py      reading the window step's Parquet into tensors; the seeded minibatch order
+
+May import: spark_jobs.common.
+"""

@@ -1,0 +1,191 @@
+"""Finding, reading and normalising the corpus: a file, a directory or a glob, local or s3://.
+
+Each file is one document; documents are numbered (doc_id 0, 1, ...) in sorted path order.
+A directory contributes every regular file below it (recursively) except hidden ones
+(names starting with "." or "_", like Spark's `_SUCCESS`). Files are read through
+`spark_jobs.common.storage` (pyarrow.fs), so local paths and s3:// URIs behave the same.
+
+"Normalised" text, which is what the token ids of a document decode back to, is:
+  1. the file's bytes decoded as UTF-8 (strict: invalid bytes are an error that names the
+     file and the byte offset; with `data.on_decode_error: replace` each invalid byte
+     sequence becomes U+FFFD instead);
+  2. without a leading byte-order mark (U+FEFF);
+  3. with every line ending made LF: CRLF -> LF, then a lone CR -> LF.
+Nothing else changes: no Unicode (NFC/NFKC) normalisation, no trimming, no case folding,
+tabs and trailing spaces are kept.
+
+Files with a NUL byte are taken for binary (or UTF-16) and refused. Documents that are empty
+or whitespace-only after normalisation are skipped with a warning; a corpus left with no
+document is an error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import logging
+import os
+from dataclasses import dataclass
+
+from pyarrow import fs as pafs
+
+from spark_jobs.common import storage
+from spark_jobs.common.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Documents are cut into segments of at most this many characters, at line ends where
+# possible; one segment is one row of tokens/ (and one encode call inside Spark).
+SEGMENT_CHARS = 8192
+_GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: int
+    path: str
+    text: str  # normalised (see the module docstring)
+
+
+def normalize_text(text: str) -> str:
+    """Drop a leading BOM and make every line ending LF (CRLF and lone CR)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def decode_document(data: bytes, path: str, on_decode_error: str = "strict") -> str:
+    """Bytes -> normalised text; errors name the file and the byte offset."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"{path}: looks like a binary (or UTF-16) file: NUL byte at byte offset {nul}")
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        if on_decode_error != "replace":
+            raise InputError(
+                f"{path}: invalid UTF-8 at byte offset {exc.start} "
+                f"(byte 0x{data[exc.start]:02x}); set data.on_decode_error=replace to substitute U+FFFD"
+            ) from None
+        count = data.decode("utf-8", errors="ignore")
+        text = data.decode("utf-8", errors="replace")
+        log.warning(
+            "%s: invalid UTF-8 from byte offset %d replaced by U+FFFD (%d chars affected)",
+            path,
+            exc.start,
+            len(text) - len(count),
+        )
+    return normalize_text(text)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _list_tree(uri: str) -> list[str]:
+    fs, path = storage.filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    prefix = path.rstrip("/") + "/"
+    files = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        rel = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
+        if any(_hidden(part) for part in rel.split("/")):
+            continue
+        files.append(storage.join(uri, rel))
+    return sorted(files)
+
+
+def _expand_glob(pattern: str) -> list[str]:
+    if not storage.is_s3(pattern):
+        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
+        return sorted(storage.normalize(m) for m in matches if os.path.isfile(m))
+    # s3: list everything under the part before the first wildcard, then match.
+    uri = storage.normalize(pattern)
+    first = min(uri.find(c) for c in _GLOB_CHARS if c in uri)
+    base = uri[:first].rsplit("/", 1)[0]
+    fs, base_path = storage.filesystem(base)
+    if fs.get_file_info(base_path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True))
+    matched = [
+        "s3://" + i.path
+        for i in infos
+        if i.type == pafs.FileType.File and fnmatch.fnmatchcase("s3://" + i.path, uri)
+    ]
+    return sorted(matched)
+
+
+def find_corpus_files(corpus_path: str) -> list[str]:
+    """The corpus files for a file, directory or glob (local or s3://), sorted."""
+    if not corpus_path or not corpus_path.strip():
+        raise InputError("data.corpus_path is empty")
+    if any(c in corpus_path for c in _GLOB_CHARS):
+        files = _expand_glob(corpus_path)
+        if not files:
+            raise InputError(f"corpus not found: no files match data.corpus_path={corpus_path}")
+        return files
+    if not storage.exists(corpus_path):
+        raise InputError(f"corpus not found: {corpus_path} (data.corpus_path)")
+    if storage.is_dir(corpus_path):
+        files = _list_tree(corpus_path)
+        if not files:
+            raise InputError(f"corpus directory has no text files: {corpus_path} (hidden files are ignored)")
+        return files
+    return [storage.normalize(corpus_path)]
+
+
+def read_corpus(corpus_path: str, on_decode_error: str = "strict") -> list[Document]:
+    """Find, read, validate and normalise every corpus file; at least one document results."""
+    files = find_corpus_files(corpus_path)
+    documents: list[Document] = []
+    skipped = {"empty": 0, "whitespace-only": 0}
+    for path in files:
+        text = decode_document(storage.read_bytes(path), path, on_decode_error)
+        if not text or text.isspace():
+            kind = "empty" if not text else "whitespace-only"
+            skipped[kind] += 1
+            if len(files) > 1:
+                log.warning("skipping %s corpus file %s", kind, path)
+            continue
+        documents.append(Document(doc_id=len(documents), path=path, text=text))
+    if not documents:
+        where = files[0] if len(files) == 1 else f"{corpus_path} ({len(files)} files)"
+        what = "only whitespace" if skipped["whitespace-only"] else "no text (empty)"
+        raise InputError(f"corpus has {what}: {where}")
+    return documents
+
+
+def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[str]:
+    """Cut a text into consecutive pieces of at most `max_chars`, at line ends where possible.
+
+    "".join(segments(text)) == text always holds; a line longer than `max_chars` is cut
+    mid-line (at a character boundary, so every piece is valid UTF-8 on its own).
+    """
+    pieces: list[str] = []
+    start = 0
+    n = len(text)
+    while start < n:
+        end = min(start + max_chars, n)
+        if end < n:
+            cut = text.rfind("\n", start, end)
+            if cut >= start:
+                end = cut + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def sample_text(documents: list[Document], max_chars: int | None) -> list[str]:
+    """The tokenizer's training text: all documents, or the first `max_chars` characters."""
+    out: list[str] = []
+    left = max_chars
+    for doc in documents:
+        text = doc.text if left is None else doc.text[:left]
+        out.extend(segments(text))
+        if left is not None:
+            left -= len(text)
+            if left <= 0:
+                break
+    return out

@@ -1,0 +1,222 @@
+"""The train step: windows → a trained model, checkpoints, metrics and a report.
+
+    spark-submit spark_jobs/steps/train.py --config FILE [--set key=value ...] [--resume]
+
+Reads <run>/preprocess/ (tokenizer, embeddings, stats) and <run>/window/ (train/val Parquet),
+trains with `training.strategy` (single | ddp | parameter_averaging), and writes
+<run>/train/model/ (committed with _SUCCESS) and <run>/metrics/ (summary.json, report.md,
+plots; _SUCCESS last). Checkpoints live in <run>/checkpoints/, outside train/, so a
+retried step finds them: whenever checkpoints of this run exist, training resumes from the
+newest valid one (`--resume` says so explicitly; delete the folder to start over).
+
+Two settings exist for tests and debugging: `training.shuffle=false` keeps the windows in
+file order (then `ddp` with k ranks × batch b trains on exactly the batches of `single` with
+batch k·b), and `training.debug_nan_at_step=N` turns the loss at step N into NaN, which stops
+the run with a TrainingError naming the step and the last good checkpoint (the NaN guard).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from safetensors.torch import load as load_tensors
+from tokenizers import Tokenizer
+
+from spark_jobs.common import storage
+from spark_jobs.common.config import PipelineConfig, dump_config
+from spark_jobs.common.errors import InputError, TrainingError
+from spark_jobs.reporting.spark_metrics import write_spark_metrics
+from spark_jobs.reporting.summary import summary_record
+from spark_jobs.reporting.train_metrics import bits_per_char, write_run_summary
+from spark_jobs.steps.entrypoint import config_summary, run_step_main
+from spark_jobs.training import checkpoints
+from spark_jobs.training.inputs import TrainInputs
+from spark_jobs.training.strategies import STRATEGIES
+
+log = logging.getLogger(__name__)
+
+
+def _read_json(uri: str) -> dict[str, Any]:
+    try:
+        return json.loads(storage.read_text(uri))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{uri}: not valid JSON ({exc})") from None
+
+
+def resolve_inputs(config: PipelineConfig) -> TrainInputs:
+    """Check the previous steps' outputs against the config and gather what training needs."""
+    root, run_id = config.run.root, config.run.id
+    preprocess_dir = storage.step_dir(root, run_id, "preprocess")
+    window_dir = storage.step_dir(root, run_id, "window")
+    storage.require_complete(preprocess_dir, "preprocess")
+    storage.require_complete(window_dir, "window")
+
+    distribution_uri = storage.join(window_dir, "data_distribution.json")
+    distribution = _read_json(distribution_uri)
+    data_window = distribution.get("window_size")
+    if data_window != config.model.window_size:
+        raise InputError(
+            f"model.window_size is {config.model.window_size} but the windows in {distribution_uri} "
+            f"have window_size {data_window}; re-run the window step or set model.window_size={data_window}"
+        )
+    chars_per_token = distribution.get("chars_per_token")
+    if chars_per_token is None:
+        chars_per_token = _read_json(storage.join(preprocess_dir, "stats.json")).get("chars_per_token")
+    if not chars_per_token:
+        raise InputError(f"{distribution_uri}: no chars_per_token (nor in preprocess/stats.json)")
+
+    tokenizer_uri = storage.join(preprocess_dir, "tokenizer.json")
+    vocab_size = Tokenizer.from_str(storage.read_text(tokenizer_uri)).get_vocab_size()
+
+    embeddings = None
+    if config.model.kind == "mlp" or config.model.init_from_embeddings:
+        embeddings_uri = storage.join(preprocess_dir, "embeddings.safetensors")
+        embeddings = load_tensors(storage.read_bytes(embeddings_uri)).get("embeddings")
+        if embeddings is None or embeddings.dim() != 2:
+            raise InputError(f"{embeddings_uri}: no 2-D tensor 'embeddings'")
+        if embeddings.shape[1] != config.model.embedding_size:
+            raise InputError(
+                f"model.embedding_size is {config.model.embedding_size} but {embeddings_uri} has "
+                f"embeddings of size {embeddings.shape[1]}"
+            )
+
+    num_train = int(distribution.get("train", {}).get("windows", 0))
+    num_val = int(distribution.get("val", {}).get("windows", 0))
+    cfg = config.training
+    if cfg.strategy != "single":
+        if cfg.num_workers > num_train:
+            raise InputError(
+                f"training.num_workers ({cfg.num_workers}) is more than the {num_train} train windows "
+                f"in {window_dir}/train"
+            )
+        if num_train // cfg.num_workers < cfg.batch_size:
+            raise InputError(
+                f"{window_dir}/train: {num_train} windows give each of training.num_workers="
+                f"{cfg.num_workers} workers fewer than training.batch_size={cfg.batch_size}"
+            )
+
+    run_uri = storage.run_dir(root, run_id)
+    scratch = (
+        tempfile.mkdtemp(prefix=f"llm-decoder-{run_id}-")
+        if storage.is_s3(run_uri)
+        else storage.join(run_uri, "scratch")
+    )
+    os.makedirs(scratch, exist_ok=True)
+    return TrainInputs(
+        run_uri=run_uri,
+        window_dir=window_dir,
+        checkpoint_dir=storage.join(run_uri, "checkpoints"),
+        metrics_dir=storage.join(run_uri, "metrics"),
+        scratch_dir=scratch,
+        vocab_size=vocab_size,
+        embeddings=embeddings,
+        chars_per_token=float(chars_per_token),
+        num_train_windows=num_train,
+        num_val_windows=num_val,
+    )
+
+
+def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
+    from spark_jobs.models import artifact as model_io
+    from spark_jobs.models import build_model
+    from spark_jobs.models.generate import sample_generations
+    from spark_jobs.reporting import markdown as report
+
+    began = time.perf_counter()
+    log.info("train: %s", config_summary(config))
+    inputs = resolve_inputs(config)
+    has_checkpoints = checkpoints.has_checkpoints(inputs.checkpoint_dir)
+    if has_checkpoints and not resume:
+        log.info("checkpoints found in %s: resuming (a retried train step continues)", inputs.checkpoint_dir)
+    elif resume and not has_checkpoints:
+        log.warning("--resume: no checkpoints in %s, starting from scratch", inputs.checkpoint_dir)
+    result = STRATEGIES[config.training.strategy](config, inputs, resume or has_checkpoints)
+
+    # The final checkpoint holds the trained weights, whichever process trained them.
+    final = checkpoints.load_latest(inputs.checkpoint_dir)
+    if final is None:
+        raise TrainingError(f"training finished without a checkpoint in {inputs.checkpoint_dir}")
+    model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
+    model.load_state_dict(final.model_state)
+    model.eval()
+    tokenizer_uri = storage.join(
+        storage.step_dir(config.run.root, config.run.id, "preprocess"), "tokenizer.json"
+    )
+
+    wall_s = time.perf_counter() - began
+    # The figures are the run-summary contract's (spark_jobs.reporting.summary); the rest is train's own.
+    figures = {
+        "run_id": config.run.id,
+        "model_kind": config.model.kind,
+        "strategy": config.training.strategy,
+        "num_workers": 1 if config.training.strategy == "single" else config.training.num_workers,
+        "parameters": model.num_parameters(),
+        "steps": result["steps"],
+        "epochs": result.get("epochs"),
+        "train_loss": result.get("train_loss"),
+        "val_loss": result.get("val_loss"),
+        "first_val_loss": result.get("first_val_loss"),
+        "val_accuracy": result.get("val_accuracy"),
+        "val_perplexity": result.get("val_perplexity"),
+        "val_bits_per_char": result.get("val_bits_per_char"),
+        "tokens_per_s": result.get("tokens_per_s"),
+        "samples_per_s": result.get("samples_per_s"),
+        "train_s": result.get("train_s"),
+        "wall_s": wall_s,
+        "stopped_early": result.get("stopped_early", False),
+    }
+    extra = {
+        "chars_per_token": inputs.chars_per_token,
+        "checkpoint": final.uri,
+        "train_windows": inputs.num_train_windows,
+        "val_windows": inputs.num_val_windows,
+    }
+    summary = summary_record(figures, extra)
+    if (
+        config.model.kind == "gpt"
+        and summary["val_loss"] is not None
+        and summary["val_bits_per_char"] is None
+    ):
+        summary["val_bits_per_char"] = bits_per_char(summary["val_loss"], inputs.chars_per_token)
+    if config.model.kind == "mlp":
+        summary["val_bits_per_char_note"] = (
+            "mlp regresses embeddings (MSE/cosine): it has no likelihood, so no bits per character"
+        )
+        summary["tokens_per_s_note"] = "mlp: one predicted token per window"
+
+    train_dir = storage.step_dir(config.run.root, config.run.id, "train")
+    with storage.step_output(train_dir) as out:
+        metadata = {k: summary[k] for k in ("run_id", "strategy", "steps", "val_loss", "val_accuracy")}
+        model_io.save_model(model, config.model, storage.join(out, "model"), tokenizer_uri, metadata)
+
+    samples = sample_generations(model, tokenizer_uri, config)
+    storage.write_text(storage.join(inputs.metrics_dir, "samples.json"), json.dumps(samples, indent=2) + "\n")
+    # The strategy's own Spark jobs (None for `single`, which trains without Spark).
+    spark_json = storage.join(inputs.metrics_dir, "spark.json")
+    storage.delete(spark_json)  # an earlier attempt's, perhaps under another strategy
+    if result["spark_metrics"] is not None:
+        write_spark_metrics(result["spark_metrics"], inputs.metrics_dir)
+    summary["spark_metrics"] = spark_json if result["spark_metrics"] is not None else None
+    summary["wall_s"] = time.perf_counter() - began
+    write_run_summary(inputs.metrics_dir, summary)
+    # The config this run trained with, for the report and for reproducing it.
+    storage.write_text(storage.join(inputs.metrics_dir, "config.yaml"), dump_config(config))
+    report.write_report(inputs.metrics_dir, summary, samples)
+    storage.write_text(storage.join(inputs.metrics_dir, storage.SUCCESS_MARKER), "")
+    shutil.rmtree(inputs.scratch_dir, ignore_errors=True)  # torchelastic leftovers, rank errors
+    log.info(
+        "trained %s/%s: %d steps, val loss %.4f, %.0f tokens/s, %.1f s",
+        summary["model_kind"], summary["strategy"], summary["steps"], summary["val_loss"],
+        summary["tokens_per_s"] or 0, summary["wall_s"],
+    )  # fmt: skip
+    return summary
+
+
+if __name__ == "__main__":
+    run_step_main("train", run)

@@ -1,0 +1,122 @@
+"""`ddp`: torch DistributedDataParallel ranks launched by Spark's TorchDistributor.
+
+Each rank runs the same trainer on a disjoint (interleaved) shard of the windows; DDP
+averages gradients, so the ranks stay identical and rank 0 alone writes metrics and
+checkpoints. Gloo on CPU. In local mode torchrun runs on the driver; otherwise the ranks
+are barrier tasks on executors.
+
+A rank cannot raise our errors across the process boundary (TorchDistributor reports only
+that torchrun failed), so a rank that hits a PipelineError writes it to
+<scratch>/rank-error.json and the driver re-raises it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from spark_jobs.common import errors, storage
+from spark_jobs.common.config import PipelineConfig
+from spark_jobs.common.spark_session import get_spark
+from spark_jobs.reporting.spark_metrics import spark_metrics_or_none
+from spark_jobs.training.inputs import TrainInputs, TrainResult
+
+log = logging.getLogger(__name__)
+
+# The figures that depend on a rank's own clock: rank 0's are returned by every rank.
+_TIMED = ("tokens_per_s", "samples_per_s", "train_s")
+
+
+def _rank_main(config_json: str, inputs_json: str, resume: bool, error_path: str) -> dict[str, Any]:
+    """What each rank runs (under torchrun): join the process group, train, leave."""
+    import torch
+    import torch.distributed as dist
+
+    from spark_jobs.common.config import PipelineConfig
+    from spark_jobs.common.errors import PipelineError
+    from spark_jobs.common.logs import configure_logging
+    from spark_jobs.training.inputs import TrainInputs
+    from spark_jobs.training.loop import train_in_process
+
+    config = PipelineConfig.model_validate_json(config_json)
+    fields = json.loads(inputs_json)
+    embeddings_uri = fields.pop("embeddings_uri")
+    embeddings = None
+    if embeddings_uri:  # read by each rank, which may run on another machine
+        from safetensors.torch import load
+
+        from spark_jobs.common import storage
+
+        embeddings = load(storage.read_bytes(embeddings_uri))["embeddings"]
+    inputs = TrainInputs(embeddings=embeddings, **fields)
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    configure_logging(config.run.id, f"train-rank{rank}", config.run.log_level if rank == 0 else "WARNING")
+    try:
+        result = train_in_process(config, inputs, resume, rank=rank, world_size=world)
+        timed = torch.tensor([float(result[k]) for k in _TIMED], dtype=torch.float64)
+        dist.broadcast(timed, src=0)  # every rank returns the same value (the last one wins)
+        result.update(zip(_TIMED, timed.tolist(), strict=True))
+        return result
+    except PipelineError as exc:
+        with open(f"{error_path}.{rank}", "w", encoding="utf-8") as handle:
+            json.dump({"type": type(exc).__name__, "message": str(exc)}, handle)
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def _rank_error(error_path: str, world: int) -> errors.PipelineError | None:
+    """The PipelineError a rank recorded before torchrun failed, if any."""
+    for rank in range(world):
+        path = f"{error_path}.{rank}"
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+            error_class = getattr(errors, record["type"], errors.TrainingError)
+            return error_class(record["message"])
+    return None
+
+
+def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainResult:
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    cfg = config.training
+    os.makedirs(inputs.scratch_dir, exist_ok=True)
+    if config.spark.master.startswith("local"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback
+    fields = {k: v for k, v in vars(inputs).items() if k != "embeddings"}
+    fields["embeddings_uri"] = (
+        storage.join(inputs.run_uri, "preprocess", "embeddings.safetensors")
+        if inputs.embeddings is not None
+        else None
+    )
+    error_path = os.path.join(inputs.scratch_dir, "rank-error.json")
+    for rank in range(cfg.num_workers):
+        if os.path.exists(f"{error_path}.{rank}"):
+            os.remove(f"{error_path}.{rank}")
+
+    spark = get_spark(config, "train")  # TorchDistributor uses the active session
+    distributor = TorchDistributor(
+        num_processes=cfg.num_workers, local_mode=cfg.ddp_local_mode, use_gpu=False
+    )
+    log.info("ddp: %d ranks (local_mode=%s)", cfg.num_workers, cfg.ddp_local_mode)
+    # torchrun leaves torchelastic_* folders in TMPDIR: keep them in the run's scratch dir.
+    previous_tmpdir = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = inputs.scratch_dir
+    try:
+        result = distributor.run(_rank_main, config.model_dump_json(), json.dumps(fields), resume, error_path)
+    except Exception:
+        error = _rank_error(error_path, cfg.num_workers)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if previous_tmpdir is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous_tmpdir
+    return {**result, "spark_metrics": spark_metrics_or_none(spark)}
