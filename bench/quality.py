@@ -1,17 +1,23 @@
-"""Learning quality on Tiny Shakespeare, validation = the last 10 % of the text.
+"""Learning quality side by side on Tiny Shakespeare: every model scored by full-split bits per character.
 
     .venv/bin/python bench/quality.py [--budget-s 150] [--mlp-budget-s 60] [--quick]
 
-Runs the real steps (preprocess → window → train, strategy `single`) and prints JSON:
-- gpt: validation bits per character after a training wall-clock budget (target <= 2.5;
-  nanoGPT's CPU config reaches 2.72 in the same 150 s here), next to a count-based bigram
-  model's bits per character on the same windows;
-- mlp: validation top-1 accuracy (nearest-neighbour decoding) against the bigram model's
-  top-1 accuracy on the same windows (target: beat it).
+Runs, in this one process and on the same validation text (the last 10 % of the corpus, cut at
+a line start by the preprocess step), and prints JSON:
 
-The budget becomes a step count: a short calibration measures this machine's step time, so
-the learning-rate schedule runs to its end inside the budget. Both models are scored on
-every validation window, not the trainer's evaluation subset.
+- `char_nanogpt`: a character-level GPT with nanoGPT's published CPU recipe for Tiny
+  Shakespeare (4 layers, 4 heads, width 128, block 64, batch 12, learning rate 1e-3 with
+  cosine decay to 1e-4, 2000 iterations or the budget, no dropout), written here from that
+  description on this project's GPT module;
+- `gpt_local`: our pipeline with configs/local.yaml unchanged (the steps, `single`), its own
+  summary.json figures;
+- `mlp`: the seed's network with the softmax loss (the predicted embedding scored against the
+  whole frozen table), trained for a wall-clock budget;
+- `bigram`: a count-based token bigram model (add-one smoothing) from the training windows.
+
+Bits per character are summed nats over the scored targets divided by the characters they
+decode to, every validation target scored once (`spark_jobs.training.evaluation`); each entry
+says how many targets and characters that was.
 """
 
 from __future__ import annotations
@@ -28,89 +34,75 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from spark_jobs.common import storage
-from spark_jobs.common.config import PipelineConfig
-from spark_jobs.data.loader import load_windows
-from spark_jobs.models import artifact as model_io
+from spark_jobs.common.config import (
+    ModelConfig,
+    PipelineConfig,
+    TrainingConfig,
+    apply_overrides,
+    validate_config,
+)
+from spark_jobs.data.loader import load_windows, load_windows_with_positions
 from spark_jobs.models import build_model
 from spark_jobs.steps import preprocess, train, window
-from spark_jobs.training.optim import make_optimizer
+from spark_jobs.training.evaluation import first_scores, score_full_split
+from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.quality")
 
 
-# Per model: the gpt is configs/local.yaml's; the mlp is the seed's network on a shorter
-# context (a 64 x 128 input would spend the budget on its first layer) with the cosine loss,
-# which trains toward what the nearest-neighbour decoding scores.
-MODEL = {
-    "gpt": {
-        "window_size": 64,
-        "hidden_size": 512,
-        "num_layers": 4,
-        "stride": 8,
-        "batch_size": 32,
-        "loss": "mse",
-    },
-    "mlp": {
-        "window_size": 16,
-        "hidden_size": 512,
-        "num_layers": 2,
-        "stride": 4,
-        "batch_size": 64,
-        "loss": "cosine",
-    },
-}
+def local_config(root: str, run_id: str, corpus: str, *overrides: str) -> PipelineConfig:
+    raw = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    sets = [f"run.root={root}", f"run.id={run_id}", f"data.corpus_path={corpus}", *overrides]
+    return validate_config(apply_overrides(raw, sets), source="configs/local.yaml")
 
 
-def make_config(root: str, run_id: str, kind: str, corpus: str, max_steps: int) -> PipelineConfig:
-    spec = MODEL[kind]
-    return PipelineConfig.model_validate(
-        {
-            "model": {
-                "kind": kind,
-                "window_size": spec["window_size"],
-                "embedding_size": 128,
-                "hidden_size": spec["hidden_size"],
-                "num_layers": spec["num_layers"],
-                "num_heads": 4,
-                "dropout": 0.0,
-                "mlp_loss": spec["loss"],
-            },
-            "training": {
-                "strategy": "single",
-                "batch_size": spec["batch_size"],
-                "num_epochs": 50,
-                "max_steps": max_steps,
-                "learning_rate": 1e-3,
-                "min_learning_rate": 1e-4,
-                "warmup_steps": min(100, max_steps // 10),
-                "train_split": 0.9,
-                "valid_split": 0.1,
-                "eval_interval": max_steps + 1,  # score at the start and the end only
-                "eval_batches": 20,
-                "checkpoint_interval": max_steps + 1,
-                "log_interval": 50,
-                "sample_tokens": 50,
-            },
-            "data": {
-                "corpus_path": corpus,
-                "vocab_size": 1024,
-                "window_stride": spec["stride"],
-                "split_by": "stream",
-            },
-            "run": {"root": root, "id": run_id},
-        }
-    )
+def gpt_local(root: str, corpus: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The pipeline exactly as `make run` trains it (configs/local.yaml), its own figures."""
+    config = local_config(root, "gpt-local", corpus, *overrides)
+    began = time.perf_counter()
+    for step in (preprocess, window):
+        step.run(config)
+    summary = train.run(config)
+    keys = ("val_bits_per_char", "val_accuracy", "val_targets_scored", "val_chars_scored", "steps", "train_s")
+    return {
+        **{k: summary[k] for k in keys},
+        "parameters": summary["parameters"],
+        "wall_s": round(time.perf_counter() - began, 1),
+    }
 
 
-def calibrate_steps(
-    config: PipelineConfig, windows: torch.Tensor, vocab_size: int, embeddings, budget_s: float
-) -> int:
+def mlp_softmax(root: str, corpus: str, source_run: str, budget_s: float) -> dict:
+    """The seed's network (16-token context) with the softmax loss, for a wall-clock budget."""
+    sets = ("model.kind=mlp", "model.mlp_loss=softmax", "model.window_size=16", "model.num_layers=2",
+            "data.window_stride=4", "training.batch_size=64", "training.eval_interval=1000000",
+            "training.checkpoint_interval=1000000")  # fmt: skip
+    probe = local_config(root, "mlp", corpus, *sets)
+    run_dir = storage.run_dir(root, "mlp")
+    os.makedirs(run_dir, exist_ok=True)  # the same tokenizer and embeddings as gpt_local
+    os.symlink(storage.join(source_run, "preprocess"), storage.join(run_dir, "preprocess"))
+    window.run(probe)
+    inputs = train.resolve_inputs(probe)
+    steps = calibrate_steps(probe, load_windows(inputs.window_dir, "train"), inputs, budget_s)
+    summary = train.run(local_config(root, "mlp", corpus, *sets, f"training.max_steps={steps}"))
+    return {
+        "val_bits_per_char": summary["val_bits_per_char"],
+        "val_accuracy_last_position": summary["val_accuracy"],
+        "val_targets_scored": summary["val_targets_scored"],
+        "val_chars_scored": summary["val_chars_scored"],
+        "steps": summary["steps"],
+        "train_s": round(summary["train_s"], 1),
+        "parameters": summary["parameters"],
+    }
+
+
+def calibrate_steps(config: PipelineConfig, windows: torch.Tensor, inputs, budget_s: float) -> int:
     """How many optimizer steps of this model fit in `budget_s` on this machine, now."""
     torch.manual_seed(0)
-    model = build_model(config.model, vocab_size, embeddings)
+    model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
     optimizer = make_optimizer(model, config.training)
     batch = config.training.batch_size
 
@@ -125,117 +117,121 @@ def calibrate_steps(
     began, n = time.perf_counter(), 10
     for i in range(n):
         step(i)
-    step_s = (time.perf_counter() - began) / n
-    return max(20, int(budget_s / step_s))
+    return max(20, int(budget_s / ((time.perf_counter() - began) / n)))
 
 
-@torch.no_grad()
-def score(model, windows: torch.Tensor, batch: int = 256) -> dict[str, float]:
-    """Mean loss per prediction and top-1 accuracy over every window."""
-    loss_sum = correct = count = 0.0
-    for i in range(0, len(windows), batch):
-        out = model(windows[i : i + batch])
-        loss_sum += float(out.loss) * out.count
-        correct += float(out.correct)
-        count += out.count
-    return {"loss": loss_sum / count, "accuracy": correct / count, "predictions": int(count)}
-
-
-def bigram_baseline(
-    train_windows: torch.Tensor, val_windows: torch.Tensor, vocab_size: int
-) -> dict[str, float]:
-    """Count-based bigram model from the train windows' token pairs, scored on the val windows.
-
-    top-1: for each val window, the commonest successor of its last context token vs the target
-    (what the mlp predicts). Cross-entropy: add-one smoothed, over every pair of every window
-    (what the gpt predicts).
-    """
-    prev, nxt = train_windows[:, :-1].reshape(-1).numpy(), train_windows[:, 1:].reshape(-1).numpy()
+def bigram_counts(window_dir: str, vocab_size: int) -> np.ndarray:
+    """[vocab, vocab] counts of (token, next token) over the training windows."""
+    train_windows = load_windows(window_dir, "train")
     counts = np.zeros((vocab_size, vocab_size), dtype=np.float64)
-    np.add.at(counts, (prev, nxt), 1.0)
-    best = counts.argmax(axis=1)
-    last, target = val_windows[:, -2].numpy(), val_windows[:, -1].numpy()
-    probs = (counts + 1.0) / (counts + 1.0).sum(axis=1, keepdims=True)
-    vp, vn = val_windows[:, :-1].reshape(-1).numpy(), val_windows[:, 1:].reshape(-1).numpy()
+    np.add.at(
+        counts, (train_windows[:, :-1].reshape(-1).numpy(), train_windows[:, 1:].reshape(-1).numpy()), 1.0
+    )
+    return counts
+
+
+def bigram(window_dir: str, vocab_size: int, chars: int) -> dict:
+    """A token bigram model (add-one smoothing) scored on the validation targets the gpt scores, each once."""
+    counts = bigram_counts(window_dir, vocab_size)
+    log_probs = np.log((counts + 1.0) / (counts + 1.0).sum(axis=1, keepdims=True))
+    windows, doc_ids, starts = load_windows_with_positions(window_dir, "val")
+    ids = windows.numpy()
+    offsets = range(1, ids.shape[1])
+    mask = first_scores(doc_ids, starts, offsets)
+    previous, target = ids[:, :-1][mask], ids[:, 1:][mask]
     return {
-        "top1_accuracy_last_position": float((best[last] == target).mean()),
-        "top1_accuracy_all_positions": float((best[vp] == vn).mean()),
-        "loss_nats_per_token": float(-np.log(probs[vp, vn]).mean()),
+        "val_bits_per_char": float(-log_probs[previous, target].sum() / math.log(2) / chars),
+        "val_accuracy": float((counts.argmax(axis=1)[previous] == target).mean()),
+        "targets_scored": int(mask.sum()),
     }
 
 
-def run_model(kind: str, root: str, corpus: str, budget_s: float, source_run: str | None) -> dict:
-    run_id = f"quality-{kind}"
-    probe = make_config(root, run_id, kind, corpus, max_steps=100)
-    run_dir = storage.run_dir(root, run_id)
-    figures: dict = {"kind": kind, "budget_s": budget_s}
-    began = time.perf_counter()
-    if source_run is None:
-        preprocess.run(probe)
-    else:  # same tokenizer and embedding size: share the first run's preprocess output
-        os.makedirs(run_dir, exist_ok=True)
-        os.symlink(storage.join(source_run, "preprocess"), storage.join(run_dir, "preprocess"))
-    window.run(probe)
-    figures["data_steps_s"] = round(time.perf_counter() - began, 1)
-
-    inputs = train.resolve_inputs(probe)
-    train_windows = load_windows(inputs.window_dir, "train")
-    val_windows = load_windows(inputs.window_dir, "val")
-    torch.set_num_threads(os.cpu_count() or 1)
-    steps = calibrate_steps(probe, train_windows, inputs.vocab_size, inputs.embeddings, budget_s)
-    config = make_config(root, run_id, kind, corpus, max_steps=steps)
-    summary = train.run(config)
-    model, _, _ = model_io.load_model(storage.join(run_dir, "train", "model"))
-    scored = score(model, val_windows)
-    bigram = bigram_baseline(train_windows, val_windows, inputs.vocab_size)
-    figures.update(
-        {
-            "steps": summary["steps"],
-            "train_s": round(summary["train_s"], 1),
-            "parameters": summary["parameters"],
-            "tokens_per_s": round(summary["tokens_per_s"]),
-            "chars_per_token": inputs.chars_per_token,
-            "train_windows": len(train_windows),
-            "val_windows": len(val_windows),
-            "val_loss": scored["loss"],
-            "val_accuracy": scored["accuracy"],
-            "bigram": bigram,
-        }
-    )
-    bits = 1.0 / math.log(2) / inputs.chars_per_token
-    if kind == "gpt":
-        figures["val_bits_per_char"] = scored["loss"] * bits
-        figures["bigram_bits_per_char"] = bigram["loss_nats_per_token"] * bits
-        figures["target_bits_per_char"] = 2.5
-        figures["meets_target"] = figures["val_bits_per_char"] <= 2.5
-    else:
-        figures["bigram_accuracy"] = bigram["top1_accuracy_last_position"]
-        figures["meets_target"] = scored["accuracy"] > bigram["top1_accuracy_last_position"]
-    return figures
+def char_nanogpt(corpus: str, train_chars: int, budget_s: float, iterations: int) -> dict:
+    """nanoGPT's CPU recipe, character-level, validation = the same text after `train_chars`."""
+    text = Path(corpus).read_text(encoding="utf-8")
+    alphabet = sorted(set(text))
+    index = {c: i for i, c in enumerate(alphabet)}
+    data = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    train_ids, val_ids = data[:train_chars], data[train_chars:]
+    block, batch = 64, 12
+    model_cfg = ModelConfig(kind="gpt", window_size=block, embedding_size=128, hidden_size=512,
+                            num_layers=4, num_heads=4, dropout=0.0)  # fmt: skip
+    train_cfg = TrainingConfig(learning_rate=1e-3, min_learning_rate=1e-4, warmup_steps=100,
+                               lr_schedule="cosine", weight_decay=0.1, grad_clip=1.0)  # fmt: skip
+    torch.manual_seed(1337)
+    model = build_model(model_cfg, len(alphabet))
+    optimizer = make_optimizer(model, train_cfg)
+    generator = torch.Generator().manual_seed(1337)
+    began, done = time.perf_counter(), 0
+    while done < iterations and time.perf_counter() - began < budget_s:
+        starts = torch.randint(len(train_ids) - block - 1, (batch,), generator=generator)
+        windows = torch.stack([train_ids[s : s + block + 1] for s in starts.tolist()])
+        set_learning_rate(optimizer, learning_rate_at(done, train_cfg, iterations))
+        loss = model(windows).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        optimizer.step()
+        done += 1
+    train_s = time.perf_counter() - began
+    # every validation character after the first scored once, windows of 65 every 8 characters
+    val_starts = np.arange(0, len(val_ids) - block, 8)
+    windows = torch.stack([val_ids[s : s + block + 1] for s in val_starts.tolist()])
+    mask = first_scores(np.zeros(len(val_starts), dtype=np.int64), val_starts, model.target_offsets)
+    score = score_full_split(model, windows, mask, 64)
+    return {
+        "val_bits_per_char": score.loss_sum / math.log(2) / score.targets,  # one target = one character
+        "val_accuracy": score.correct / score.targets,
+        "val_chars_scored": score.targets,
+        "iterations": done,
+        "train_s": round(train_s, 1),
+        "parameters": model.num_parameters(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-s", type=float, default=150.0, help="gpt training wall-clock budget")
+    parser.add_argument(
+        "--budget-s", type=float, default=150.0, help="char-level baseline's wall-clock budget"
+    )
+    parser.add_argument("--iterations", type=int, default=2000, help="char-level baseline's iterations")
     parser.add_argument("--mlp-budget-s", type=float, default=60.0, help="mlp training wall-clock budget")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 20 s of gpt, 10 s of mlp training")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short budgets, 100 gpt steps")
     parser.add_argument("--corpus", default=str(REPO / "data" / "tinyshakespeare.txt"))
     parser.add_argument("--root", default=None, help="run root (default: a temporary folder)")
-    parser.add_argument("--models", default="gpt,mlp")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    gpt_budget, mlp_budget = (20.0, 10.0) if args.quick else (args.budget_s, args.mlp_budget_s)
     root = args.root or tempfile.mkdtemp(prefix="bench-quality-")
-
+    torch.set_num_threads(os.cpu_count() or 1)
     began = time.perf_counter()
-    results: dict = {"corpus": args.corpus, "root": root, "validation": "last 10% of the token stream"}
-    source = None
-    for kind in args.models.split(","):
-        budget = gpt_budget if kind == "gpt" else mlp_budget
-        results[kind] = run_model(kind, root, args.corpus, budget, source)
-        source = source or storage.run_dir(root, f"quality-{kind}")
+
+    results: dict = {"corpus": args.corpus, "root": root, "validation": "the last 10% of the text"}
+    # --quick: the local config, only shorter (checks the bench end to end)
+    results["gpt_local"] = gpt_local(root, args.corpus, ("training.max_steps=100",) if args.quick else ())
+    run_dir = storage.run_dir(root, "gpt-local")
+    split = json.loads(Path(run_dir, "preprocess", "split.json").read_text())
+    chars = results["gpt_local"]["val_chars_scored"]
+    vocab = json.loads(Path(run_dir, "preprocess", "stats.json").read_text())["vocab_size"]
+    results["bigram"] = bigram(storage.join(run_dir, "window"), vocab, chars)
+    results["mlp"] = mlp_softmax(root, args.corpus, run_dir, 10.0 if args.quick else args.mlp_budget_s)
+    results["char_nanogpt"] = char_nanogpt(
+        args.corpus, split["chars"]["train"], 20.0 if args.quick else args.budget_s, args.iterations
+    )
+    results["bigram_top1_last_position"] = bigram_last_position(
+        storage.join(storage.run_dir(root, "mlp"), "window"), vocab
+    )
+    results["mlp_beats_bigram_top1"] = (
+        results["mlp"]["val_accuracy_last_position"] > results["bigram_top1_last_position"]
+    )
     results["wall_s"] = round(time.perf_counter() - began, 1)
     print(json.dumps(results, indent=2))
+
+
+def bigram_last_position(window_dir: str, vocab_size: int) -> float:
+    """Top-1 of the commonest successor of each validation window's last context token (the mlp's task)."""
+    counts = bigram_counts(window_dir, vocab_size)
+    val = load_windows(window_dir, "val").numpy()
+    return float((counts.argmax(axis=1)[val[:, -2]] == val[:, -1]).mean())
 
 
 if __name__ == "__main__":

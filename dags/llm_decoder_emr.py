@@ -111,7 +111,7 @@ with DAG(
 
     @task(**RETRIES)
     def promote_model(root: str, summary: dict) -> dict:
-        """Point <root>/models/champion.json at this run if its val loss beats the champion's."""
+        """Point <root>/models/champion.json at this run if it beats the champion, like for like."""
         return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id)
 
     summary = collect_metrics(staged["root"], staged["run_id"], create_cluster.output)

@@ -60,7 +60,7 @@ with DAG(
 
     @task
     def promote_model(prepared: dict, summary: dict) -> dict:
-        """Point <root>/models/champion.json at this run if its val loss beats the champion's."""
+        """Point <root>/models/champion.json at this run if it beats the champion, like for like."""
         return tasks.promote_model(prepared["root"], summary, None)
 
     summary = collect_metrics(prepared)

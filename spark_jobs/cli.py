@@ -116,9 +116,17 @@ def train(
 
 @app.command()
 def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: VerboseOption = False) -> None:
-    """Run preprocess → window → train in order."""
+    """Run preprocess → window → train in order, then write the run's report.html."""
+    from spark_jobs.common import storage
+    from spark_jobs.reporting.html.render import write_html_report
+
     for step in STEP_NAMES:
         _run_step(step, config, set_, verbose)
+    try:
+        cfg = _load(config, set_, "report")
+        typer.echo(write_html_report(storage.run_dir(cfg.run.root, cfg.run.id)))
+    except PipelineError as exc:
+        _fail(exc, verbose)
 
 
 @app.command()

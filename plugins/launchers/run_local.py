@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("html_report_uri"):
         print(f"html:    {summary['html_report_uri']}")
     champion = json.loads((Path(root) / "models" / "champion.json").read_text())
-    print(f"champion: {champion['run_id']} (val_loss {champion['val_loss']:.4f})")
+    figure = "val_bits_per_char" if champion.get("val_bits_per_char") is not None else "val_loss"
+    print(f"champion: {champion['run_id']} ({figure} {champion[figure]:.4f})")
     print(f"\n== sample: {args.prompt!r} ==")
     sample = subprocess.run(
         [str(bin_dir / "llm-decoder"), "generate", "--model", summary["model_uri"], "--prompt", args.prompt],

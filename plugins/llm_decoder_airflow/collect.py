@@ -59,6 +59,9 @@ def build_summary(
     metrics = sources.get("metrics") or {}
     summary: dict[str, Any] = {key: _clean(metrics.get(key)) for key in HEADLINE_KEYS}
     summary["run_id"] = run_id
+    # what promotion compares like with like (see promote.py)
+    summary["evaluation"] = metrics.get("evaluation")
+    summary["val_accuracy_kind"] = metrics.get("val_accuracy_kind")
     summary["status"] = "complete" if not missing else "incomplete"
     summary["missing"] = missing
     summary["run_uri"] = run

@@ -8,6 +8,8 @@ files must parse without it.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
 import os
 import posixpath
@@ -78,6 +80,58 @@ class FileStore:
             tmp.write_bytes(data)
             os.replace(tmp, path)  # a reader never sees half a file
         log.info("wrote %s (%d bytes)", uri, len(data))
+
+    def read_versioned(self, uri: str) -> tuple[str | None, str | None]:
+        """(text, version) of a small file; (None, None) when it does not exist. The version is
+        the S3 ETag, or the content's sha256 on a local disk: what `write_if_version` checks."""
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            try:
+                obj = self.s3.get_conn().get_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None, None
+                raise
+            return obj["Body"].read().decode("utf-8"), obj["ETag"]
+        path = Path(uri)
+        if not path.is_file():
+            return None, None
+        data = path.read_bytes()
+        return data.decode("utf-8"), hashlib.sha256(data).hexdigest()
+
+    def write_if_version(self, uri: str, text: str, version: str | None) -> bool:
+        """Replace the file only if it is still at `version` (None: only if it does not exist).
+
+        S3: a conditional PUT (If-Match on the ETag, or If-None-Match: *). Local: under an
+        exclusive lock on a sibling `.lock` file, compare, then replace atomically. False when
+        someone else wrote it in between (read again and decide again)."""
+        data = text.encode("utf-8")
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
+            try:
+                self.s3.get_conn().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed",
+                    "ConditionalRequestConflict",
+                ):
+                    return False
+                raise
+            log.info("wrote %s (%d bytes, conditional)", uri, len(data))
+            return True
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.read_versioned(uri)[1] != version:
+                return False
+            self.write_bytes(uri, data)
+        return True
 
     def write_text(self, uri: str, text: str) -> None:
         self.write_bytes(uri, text.encode("utf-8"))

@@ -56,8 +56,9 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # gpt: initialise the token embedding table from the preprocess step's embeddings.
     init_from_embeddings: bool = False
-    # mlp: regression loss toward the next token's embedding.
-    mlp_loss: Literal["mse", "cosine"] = "mse"
+    # mlp: "mse" / "cosine" regress the next token's embedding (the seed); "softmax" scores the
+    # predicted embedding against the whole frozen table (dot products) with cross-entropy.
+    mlp_loss: Literal["mse", "cosine", "softmax"] = "mse"
 
     @model_validator(mode="after")
     def _heads_divide_embedding(self) -> ModelConfig:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from pyarrow import fs as pafs
 
@@ -189,3 +191,43 @@ def sample_text(documents: list[Document], max_chars: int | None) -> list[str]:
             if left <= 0:
                 break
     return out
+
+
+def train_text_ends(
+    documents: list[Document], valid_split: float, split_by: Literal["document", "stream"]
+) -> list[int]:
+    """Where each document's training text ends (a character offset): validation is the rest.
+
+    "document": the last `valid_split` of every document; "stream": the last `valid_split` of
+    all documents in order (earlier documents are all training, later ones all validation).
+    The cut moves forward to the next line start, so no line is split between the two. The
+    tokenizer and Word2Vec are fitted on the training text only, and the window step cuts its
+    train/val windows at the same place (preprocess/split.json).
+    """
+    lengths = [len(doc.text) for doc in documents]
+    if split_by == "document":
+        cuts = [n - round(n * valid_split) for n in lengths]
+    else:
+        total = sum(lengths)
+        remaining = total - round(total * valid_split)  # training characters, from the start
+        cuts = []
+        for n in lengths:
+            cuts.append(min(n, max(remaining, 0)))
+            remaining -= n
+    return [_next_line_start(doc.text, cut) for doc, cut in zip(documents, cuts, strict=True)]
+
+
+def _next_line_start(text: str, position: int) -> int:
+    if position <= 0 or position >= len(text) or text[position - 1] == "\n":
+        return position
+    newline = text.find("\n", position)
+    return len(text) if newline < 0 else newline + 1
+
+
+def content_hash(documents: list[Document]) -> str:
+    """sha256 of the normalised texts in order: the same corpus gives the same hash wherever it lives."""
+    digest = hashlib.sha256()
+    for doc in documents:
+        digest.update(doc.text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -65,6 +65,15 @@ def load_windows(window_dir: str, split: str, shard: int = 0, num_shards: int = 
     return windows
 
 
+def load_windows_with_positions(window_dir: str, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """All windows of `split` in (doc_id, start) order: (ids int64 [N, W+1], doc_ids [N], starts [N])."""
+    table = read_window_table(window_dir, split)
+    windows = windows_to_tensor(table.column("ids"), storage.join(window_dir, split))
+    doc_ids = table.column("doc_id").to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = table.column("start").to_numpy(zero_copy_only=False).astype(np.int64)
+    return windows, doc_ids, starts
+
+
 def batch_order(
     num_windows: int, batch_size: int, epoch: int, seed: int, shuffle: bool = True
 ) -> list[torch.Tensor]:

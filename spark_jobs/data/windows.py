@@ -68,22 +68,45 @@ def split_point(start: int, end: int, valid_split: float) -> int:
     return end - round((end - start) * valid_split)
 
 
+def validation_starts(
+    segments: dict[str, np.ndarray],
+    doc_ids: np.ndarray,
+    doc_ends: np.ndarray,
+    val_first_segment: dict[int, int],
+) -> np.ndarray:
+    """Global token offset where each document's validation begins: the offset of its first
+    validation segment (preprocess/split.json), or its end when it has none."""
+    where = {
+        (int(d), int(s)): int(o)
+        for d, s, o in zip(segments["doc_id"], segments["seq"], segments["offset"], strict=True)
+    }
+    return np.array(
+        [
+            where.get((int(doc), val_first_segment[int(doc)]), int(end))
+            for doc, end in zip(doc_ids, doc_ends, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
 def split_ranges(
     doc_starts: np.ndarray,
     doc_ends: np.ndarray,
-    valid_split: float,
+    val_starts: np.ndarray,
     split_by: Literal["document", "stream"],
 ) -> dict[str, list[tuple[int, int]]]:
-    """Global [start, end) ranges of each split: per document, or of the whole stream."""
+    """Global [start, end) ranges of each split, cut where validation begins: per document, or
+    once in the whole stream (at the first document that has validation text)."""
     if split_by == "stream":
-        sequences = [(int(doc_starts[0]), int(doc_ends[-1]))] if len(doc_starts) else []
-    else:
-        sequences = [(int(a), int(b)) for a, b in zip(doc_starts, doc_ends, strict=True)]
+        if not len(doc_starts):
+            return {"train": [], "val": []}
+        cuts = [int(v) for v, end in zip(val_starts, doc_ends, strict=True) if v < end]
+        cut = cuts[0] if cuts else int(doc_ends[-1])
+        return {"train": [(int(doc_starts[0]), cut)], "val": [(cut, int(doc_ends[-1]))]}
     ranges: dict[str, list[tuple[int, int]]] = {"train": [], "val": []}
-    for start, end in sequences:
-        cut = split_point(start, end, valid_split)
-        ranges["train"].append((start, cut))
-        ranges["val"].append((cut, end))
+    for start, cut, end in zip(doc_starts, val_starts, doc_ends, strict=True):
+        ranges["train"].append((int(start), int(cut)))
+        ranges["val"].append((int(cut), int(end)))
     return ranges
 
 

@@ -43,6 +43,21 @@ class DecoderModel(nn.Module, abc.ABC):
         """windows: int64 [B, W+1] token ids → loss and top-1 accuracy counts."""
 
     @abc.abstractmethod
+    def target_losses(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """windows: int64 [B, W+1] → (loss, correct) per prediction, each [B, P], P = len(target_offsets):
+        the loss `forward` averages (nats for gpt) and whether the top-1 prediction was right."""
+
+    @property
+    @abc.abstractmethod
+    def has_likelihood(self) -> bool:
+        """Whether the loss is nats of a distribution over the vocabulary (then bits per character exist)."""
+
+    @property
+    @abc.abstractmethod
+    def target_offsets(self) -> range:
+        """Positions within a window whose token is predicted: 1..W for gpt, W for mlp."""
+
+    @abc.abstractmethod
     def next_token_scores(self, context: torch.Tensor) -> torch.Tensor:
         """context: int64 [B, T], T <= W → [B, vocab] scores for the next token (higher is likelier)."""
 

@@ -137,6 +137,20 @@ class GPT(DecoderModel):
             correct = (logits.argmax(dim=-1) == y).sum()
         return ModelOutput(loss, correct, y.numel())
 
+    def target_losses(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = windows[:, :-1], windows[:, 1:]
+        logits = self.logits(x)
+        nats = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+        return nats, logits.argmax(dim=-1) == y
+
+    @property
+    def has_likelihood(self) -> bool:
+        return True
+
+    @property
+    def target_offsets(self) -> range:
+        return range(1, self.window_size + 1)  # next-token top-1 at every position
+
     def next_token_scores(self, context: torch.Tensor) -> torch.Tensor:
         context = context[:, -self.window_size :]  # the model has learnt W positions only
         return self.logits(context)[:, -1, :]

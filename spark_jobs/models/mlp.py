@@ -71,23 +71,50 @@ class MLPDecoder(DecoderModel):
         """Cosine similarity of each predicted embedding to every token's: [B, vocab]."""
         return F.normalize(predicted, dim=-1) @ F.normalize(self.embeddings, dim=-1).T
 
+    @property
+    def has_likelihood(self) -> bool:
+        return self.cfg.mlp_loss == "softmax"
+
+    def scores(self, predicted: torch.Tensor) -> torch.Tensor:
+        """Next-token scores [B, vocab]: logits (dot products with the table) under the softmax
+        loss, cosine similarities (nearest-neighbour decoding) under the regression losses."""
+        if self.has_likelihood:
+            return predicted @ self.embeddings.T
+        return self.similarities(predicted)
+
+    def _losses(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-window loss: nats under softmax; MSE or 1 - cosine to the target's embedding."""
+        if self.cfg.mlp_loss == "softmax":
+            return F.cross_entropy(self.scores(predicted), target, reduction="none")
+        wanted = self.embeddings[target]
+        if self.cfg.mlp_loss == "mse":
+            return (predicted - wanted).pow(2).mean(dim=-1)
+        return 1.0 - F.cosine_similarity(predicted, wanted, dim=-1)
+
     def forward(self, windows: torch.Tensor) -> ModelOutput:
         W = self.window_size
         if windows.shape[1] != W + 1:
             raise InputError(f"mlp expects windows of {W + 1} ids (window_size + 1), got {windows.shape[1]}")
         context, target = windows[:, :W], windows[:, W]
         predicted = self.predict_embedding(context)
-        wanted = self.embeddings[target]
-        if self.cfg.mlp_loss == "mse":
-            loss = F.mse_loss(predicted, wanted)
-        else:
-            loss = (1.0 - F.cosine_similarity(predicted, wanted, dim=-1)).mean()
+        loss = self._losses(predicted, target).mean()
         with torch.no_grad():
-            correct = (self.similarities(predicted).argmax(dim=-1) == target).sum()
+            correct = (self.scores(predicted).argmax(dim=-1) == target).sum()
         return ModelOutput(loss, correct, target.numel())
 
+    def target_losses(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        W = self.window_size
+        target = windows[:, W]
+        predicted = self.predict_embedding(windows[:, :W])
+        correct = self.scores(predicted).argmax(dim=-1) == target
+        return self._losses(predicted, target).unsqueeze(1), correct.unsqueeze(1)
+
+    @property
+    def target_offsets(self) -> range:
+        return range(self.window_size, self.window_size + 1)  # next-token top-1 at the last position
+
     def next_token_scores(self, context: torch.Tensor) -> torch.Tensor:
-        return self.similarities(self.predict_embedding(context[:, -self.window_size :]))
+        return self.scores(self.predict_embedding(context[:, -self.window_size :]))
 
     def flops_per_sample(self) -> int:
         # 2 FLOPs per multiply-add; backward costs about twice the forward. The nearest-

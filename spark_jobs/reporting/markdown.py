@@ -55,13 +55,13 @@ def write_plots(metrics_dir: str) -> list[str]:
     evals = [r for r in steps if r.get("kind") == "eval"]
     plots = {
         "loss.png": (
-            {"train": _series(train, "loss"), "val": _series(evals, "val_loss")},
+            {"train": _series(train, "loss"), "val (sampled)": _series(evals, "val_loss")},
             "Loss",
             "loss",
             False,
         ),
         "accuracy.png": (
-            {"train": _series(train, "accuracy"), "val": _series(evals, "val_accuracy")},
+            {"train": _series(train, "accuracy"), "val (sampled)": _series(evals, "val_accuracy")},
             "Top-1 accuracy",
             "accuracy",
             False,
@@ -89,6 +89,13 @@ def write_report(metrics_dir: str, summary: dict[str, Any], samples: list[dict[s
     plots = write_plots(metrics_dir)
     lines = [f"# Training report: run `{summary.get('run_id')}`", "", "| metric | value |", "|---|---|"]
     lines += [f"| {key} | {format_value(summary[key])} |" for key in REPORT_KEYS if key in summary]
+    if summary.get("val_targets_scored"):
+        lines += [
+            "",
+            f"Validation figures are full-split: {summary['val_targets_scored']} targets, each scored once, "
+            f"{summary.get('val_chars_scored')} characters; val_accuracy is {summary.get('val_accuracy_kind')}. "
+            "The curves' validation points are the periodic evaluations on a fixed sample.",
+        ]
     if summary.get("val_bits_per_char_note"):
         lines += ["", f"Note: {summary['val_bits_per_char_note']}."]
     lines += ["", "## Curves", ""]

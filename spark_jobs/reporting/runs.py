@@ -95,7 +95,11 @@ def runs_table(runs: list[dict[str, Any]], root: str) -> Any:
     """A rich Table of `list_runs` output; the champion's row is marked ★ and bold."""
     from rich.table import Table
 
-    table = Table(title=f"runs under {root}", caption="★ = champion (models/champion.json)")
+    caption = (
+        "★ = champion (models/champion.json); val figures: the whole validation split; val acc: "
+        "gpt = next-token top-1 at every position, mlp = top-1 by nearest neighbour at the last position"
+    )
+    table = Table(title=f"runs under {root}", caption=caption)
     table.add_column("", no_wrap=True)
     table.add_column("run", no_wrap=True)
     table.add_column("status")

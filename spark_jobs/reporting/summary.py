@@ -49,7 +49,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("steps", "steps", views=_BOTH),
     Figure("epochs", "epochs"),
     Figure("train_loss", "train loss", lower_is_better=True, views=_BOTH),
-    Figure("first_val_loss", "first val loss", views=_BOTH),
+    Figure("first_val_loss", "first val loss (sampled)", views=_BOTH),
     Figure("val_loss", "val loss", lower_is_better=True, views=_BOTH),
     Figure("val_accuracy", "val acc", "fraction", lower_is_better=False, views=_BOTH),
     Figure("val_perplexity", "val perplexity", lower_is_better=True),

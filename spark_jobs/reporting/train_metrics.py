@@ -2,7 +2,7 @@
 
 Files under <run>/metrics/ (local or s3://):
     steps.jsonl   one JSON object per logged step (loss, lr, grad norms, step time, tokens/s, RSS, CPU)
-    epochs.csv    one row per epoch (train/val loss, accuracy, perplexity, bits per char, epoch time)
+    epochs.csv    one row per epoch (train loss and accuracy; the latest sampled evaluation; epoch time)
     summary.json  the run's headline figures
 Locally steps are appended as they come; on S3 (no append) the files are rewritten on `flush`.
 """
@@ -27,10 +27,10 @@ EPOCH_COLUMNS = [
     "step",
     "train_loss",
     "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "val_perplexity",
-    "val_bits_per_char",
+    "val_loss_sampled",
+    "val_accuracy_sampled",
+    "val_perplexity_sampled",
+    "val_bits_per_char_sampled",
     "epoch_s",
 ]
 

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,15 +36,46 @@ log = logging.getLogger("spark_jobs.steps.preprocess")
 STEP = "preprocess"
 
 
-def segment_table(documents: list[corpus_io.Document]) -> pd.DataFrame:
-    """One row per segment: doc_id, seq (0, 1, ... within the document), text."""
-    rows = [
-        (doc.doc_id, seq, piece)
-        for doc in documents
-        for seq, piece in enumerate(corpus_io.segments(doc.text))
-    ]
+def segment_table(
+    documents: list[corpus_io.Document], train_ends: list[int]
+) -> tuple[pd.DataFrame, dict[int, int]]:
+    """One row per segment: doc_id, seq (0, 1, ... within the document), text; and the first
+    validation segment of each document. A segment never straddles a document's training end."""
+    rows, val_first_segment = [], {}
+    for doc, end in zip(documents, train_ends, strict=True):
+        pieces = corpus_io.segments(doc.text[:end])
+        val_first_segment[doc.doc_id] = len(pieces)
+        pieces += corpus_io.segments(doc.text[end:])
+        rows.extend((doc.doc_id, seq, piece) for seq, piece in enumerate(pieces))
     frame = pd.DataFrame(rows, columns=["doc_id", "seq", "text"])
-    return frame.astype({"doc_id": "int32", "seq": "int64"})
+    return frame.astype({"doc_id": "int32", "seq": "int64"}), val_first_segment
+
+
+def split_record(
+    config: PipelineConfig,
+    documents: list[corpus_io.Document],
+    train_ends: list[int],
+    val_first_segment: dict,
+) -> dict[str, Any]:
+    """preprocess/split.json: where validation begins, which the window step applies."""
+    train_chars = sum(train_ends)
+    return {
+        "split_by": config.data.split_by,
+        "valid_split": config.training.valid_split,
+        # doc_id -> the first segment (seq) of its validation text; = its segment count if none
+        "val_first_segment": {str(doc): seq for doc, seq in val_first_segment.items()},
+        "chars": {"train": train_chars, "val": sum(len(d.text) for d in documents) - train_chars},
+    }
+
+
+def training_rows(spark, tokens_df, val_first_segment: dict[int, int]):
+    """The token rows of the training text only (what Word2Vec may learn from)."""
+    from pyspark.sql import functions as F
+
+    bounds = spark.createDataFrame(list(val_first_segment.items()), schema="doc_id int, val_seq bigint")
+    return (
+        tokens_df.join(F.broadcast(bounds), "doc_id").where(F.col("seq") < F.col("val_seq")).drop("val_seq")
+    )
 
 
 def encode_on_spark(spark, segments: pd.DataFrame, tokenizer_json: str, num_partitions: int):
@@ -58,23 +90,26 @@ def encode_on_spark(spark, segments: pd.DataFrame, tokenizer_json: str, num_part
     return frame.mapInArrow(tok.arrow_encoder(broadcast), tok.TOKENS_DDL)
 
 
-def token_counts_csv(counts: np.ndarray, id_to_token: list[str]) -> str:
+def token_counts_csv(counts: np.ndarray, id_to_token: list[str], has_vector: np.ndarray) -> str:
+    """id, token, count (whole corpus), has_vector (1: a vector learnt or given; 0: seeded random)."""
     order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), i))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", "token", "count"])
+    writer.writerow(["id", "token", "count", "has_vector"])
     for i in order:
-        writer.writerow([i, id_to_token[i], int(counts[i])])
+        writer.writerow([i, id_to_token[i], int(counts[i]), int(has_vector[i])])
     return buffer.getvalue()
 
 
-def _tokenizer(config: PipelineConfig, documents: list[corpus_io.Document]):
+def _tokenizer(config: PipelineConfig, documents: list[corpus_io.Document], train_ends: list[int]):
     data = config.data
     if data.tokenizer_path:
         tokenizer = tok.load_tokenizer(data.tokenizer_path)
         tok.check_round_trip(tokenizer, corpus_io.sample_text(documents, 200_000), data.tokenizer_path)
         return tokenizer, f"file:{data.tokenizer_path}"
-    texts = corpus_io.sample_text(documents, data.tokenizer_sample_chars)
+    # fitted on the training text only: nothing of the validation text leaks into the vocabulary
+    training = [replace(doc, text=doc.text[:end]) for doc, end in zip(documents, train_ends, strict=True)]
+    texts = corpus_io.sample_text([doc for doc in training if doc.text], data.tokenizer_sample_chars)
     started = time.perf_counter()
     tokenizer = tok.train_tokenizer(texts, data.vocab_size)
     log.info(
@@ -178,12 +213,13 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
             if data.embeddings_path
             else None
         )
-        tokenizer, tokenizer_source = _tokenizer(config, documents)
+        train_ends = corpus_io.train_text_ends(documents, config.training.valid_split, data.split_by)
+        tokenizer, tokenizer_source = _tokenizer(config, documents, train_ends)
         tokenizer_json = tokenizer.to_str()
         vocab_size = tokenizer.get_vocab_size()
         id_to_token = [tokenizer.id_to_token(i) for i in range(vocab_size)]
         chars = sum(len(d.text) for d in documents)
-        segments = segment_table(documents)
+        segments, val_first_segment = segment_table(documents, train_ends)
         log.info("corpus: %d documents, %d chars, %d segments", len(documents), chars, len(segments))
 
         from spark_jobs.common.spark_session import get_spark
@@ -198,10 +234,17 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
         )
         total_tokens = int(counts.sum())
 
-        matrix, known, rate, source = build_embeddings(config, user_vectors, tokens_df, counts, id_to_token)
+        train_tokens_df = training_rows(spark, tokens_df, val_first_segment)
+        matrix, known, rate, source = build_embeddings(
+            config, user_vectors, train_tokens_df, counts, id_to_token
+        )
         storage.write_bytes(storage.join(out, "embeddings.safetensors"), emb.to_safetensors(matrix))
         storage.write_text(storage.join(out, "embeddings.txt"), emb.to_word2vec_text(matrix, id_to_token))
-        storage.write_text(storage.join(out, "token_counts.csv"), token_counts_csv(counts, id_to_token))
+        storage.write_text(
+            storage.join(out, "token_counts.csv"), token_counts_csv(counts, id_to_token, known)
+        )
+        split = split_record(config, documents, train_ends, val_first_segment)
+        storage.write_text(storage.join(out, "split.json"), json.dumps(split, indent=2) + "\n")
         documents_json = [
             {"doc_id": d.doc_id, "path": d.path, "chars": len(d.text), "tokens": per_doc.get(d.doc_id, 0)}
             for d in documents
@@ -213,6 +256,7 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
             "documents": len(documents),
             "segments": len(segments),
             "chars": chars,
+            "corpus_sha256": corpus_io.content_hash(documents),
             "tokens": total_tokens,
             "vocab_size": vocab_size,
             "chars_per_token": chars / total_tokens if total_tokens else 0.0,

@@ -17,6 +17,7 @@ the run with a TrainingError naming the step and the last good checkpoint (the N
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,11 +32,13 @@ from tokenizers import Tokenizer
 from spark_jobs.common import storage
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import InputError, TrainingError
+from spark_jobs.data.loader import load_windows_with_positions
 from spark_jobs.reporting.spark_metrics import write_spark_metrics
 from spark_jobs.reporting.summary import summary_record
-from spark_jobs.reporting.train_metrics import bits_per_char, write_run_summary
+from spark_jobs.reporting.train_metrics import write_run_summary
 from spark_jobs.steps.entrypoint import config_summary, run_step_main
 from spark_jobs.training import checkpoints
+from spark_jobs.training.evaluation import first_scores, score_full_split, scored_target_ids
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
 
@@ -122,6 +125,55 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
     )
 
 
+# What val_accuracy counts, per model kind.
+ACCURACY_KIND = {
+    "gpt": "next-token top-1 at every position",
+    "mlp": "next-token top-1 at the last position (nearest neighbour by cosine; by dot product under the softmax loss)",
+}
+
+
+def evaluation_fingerprint(config: PipelineConfig, inputs: TrainInputs, val_chars: int) -> dict[str, Any]:
+    """What two runs must share for their validation figures to be compared (promotion)."""
+    preprocess_dir = storage.step_dir(config.run.root, config.run.id, "preprocess")
+    stats = _read_json(storage.join(preprocess_dir, "stats.json"))
+    mlp = config.model.kind == "mlp"
+    return {
+        "corpus_sha256": stats.get("corpus_sha256"),
+        "split_by": config.data.split_by,
+        "valid_split": config.training.valid_split,
+        "val_chars_scored": val_chars,
+        "loss": config.model.mlp_loss if mlp else "cross_entropy",
+        # the mlp's loss is measured in its frozen embedding space: only the same table compares
+        "embeddings_sha256": (
+            hashlib.sha256(
+                storage.read_bytes(storage.join(preprocess_dir, "embeddings.safetensors"))
+            ).hexdigest()
+            if mlp
+            else None
+        ),
+    }
+
+
+def validate_full_split(model, window_dir: str, tokenizer_uri: str, config: PipelineConfig) -> dict[str, Any]:
+    """The trained model on the whole validation split, every target scored once (in this process,
+    whatever the strategy); bits per character over the characters the scored targets decode to."""
+    started = time.perf_counter()
+    windows, doc_ids, starts = load_windows_with_positions(window_dir, "val")
+    mask = first_scores(doc_ids, starts, model.target_offsets)
+    score = score_full_split(model, windows, mask, batch_size=max(config.training.batch_size, 64))
+    tokenizer = Tokenizer.from_str(storage.read_text(tokenizer_uri))
+    chars = sum(
+        len(tokenizer.decode(ids, skip_special_tokens=False))
+        for ids in scored_target_ids(windows, mask, doc_ids, model.target_offsets)
+    )
+    figures = score.figures(model.has_likelihood, chars)
+    log.info(
+        "full validation split: %d targets, %d chars, val loss %.4f, accuracy %.4f, %.1f s",
+        *(score.targets, chars, figures["val_loss"], figures["val_accuracy"], time.perf_counter() - started),
+    )
+    return {**figures, "val_targets_scored": score.targets, "val_chars_scored": chars}
+
+
 def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     from spark_jobs.models import artifact as model_io
     from spark_jobs.models import build_model
@@ -148,6 +200,7 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     tokenizer_uri = storage.join(
         storage.step_dir(config.run.root, config.run.id, "preprocess"), "tokenizer.json"
     )
+    validation = validate_full_split(model, inputs.window_dir, tokenizer_uri, config)
 
     wall_s = time.perf_counter() - began
     # The figures are the run-summary contract's (spark_jobs.reporting.summary); the rest is train's own.
@@ -160,11 +213,11 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         "steps": result["steps"],
         "epochs": result.get("epochs"),
         "train_loss": result.get("train_loss"),
-        "val_loss": result.get("val_loss"),
         "first_val_loss": result.get("first_val_loss"),
-        "val_accuracy": result.get("val_accuracy"),
-        "val_perplexity": result.get("val_perplexity"),
-        "val_bits_per_char": result.get("val_bits_per_char"),
+        **{
+            key: validation[key]
+            for key in ("val_loss", "val_accuracy", "val_perplexity", "val_bits_per_char")
+        },
         "tokens_per_s": result.get("tokens_per_s"),
         "samples_per_s": result.get("samples_per_s"),
         "train_s": result.get("train_s"),
@@ -172,22 +225,24 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         "stopped_early": result.get("stopped_early", False),
     }
     extra = {
+        # what the figures above are: every validation target scored once, real characters
+        "val_targets_scored": validation["val_targets_scored"],
+        "val_chars_scored": validation["val_chars_scored"],
+        "val_accuracy_kind": ACCURACY_KIND[config.model.kind],
+        "evaluation": evaluation_fingerprint(config, inputs, validation["val_chars_scored"]),
+        # the last periodic evaluation, on the fixed sample of eval_batches x batch_size windows
+        "val_loss_sampled": result.get("val_loss"),
         "chars_per_token": inputs.chars_per_token,
         "checkpoint": final.uri,
         "train_windows": inputs.num_train_windows,
         "val_windows": inputs.num_val_windows,
     }
     summary = summary_record(figures, extra)
-    if (
-        config.model.kind == "gpt"
-        and summary["val_loss"] is not None
-        and summary["val_bits_per_char"] is None
-    ):
-        summary["val_bits_per_char"] = bits_per_char(summary["val_loss"], inputs.chars_per_token)
-    if config.model.kind == "mlp":
+    if not model.has_likelihood:
         summary["val_bits_per_char_note"] = (
             "mlp regresses embeddings (MSE/cosine): it has no likelihood, so no bits per character"
         )
+    if config.model.kind == "mlp":
         summary["tokens_per_s_note"] = "mlp: one predicted token per window"
 
     train_dir = storage.step_dir(config.run.root, config.run.id, "train")

@@ -49,6 +49,7 @@ from spark_jobs.data.windows import (
     split_ranges,
     stream_order,
     token_span,
+    validation_starts,
     window_runs,
     window_starts,
 )
@@ -71,6 +72,7 @@ def run(config: PipelineConfig, **_: Any) -> dict:
     preprocess_dir = storage.step_dir(config.run.root, config.run.id, "preprocess")
     storage.require_complete(preprocess_dir, "preprocess")
     chars_per_token = _chars_per_token(storage.join(preprocess_dir, "stats.json"))
+    recorded_split = _read_split(storage.join(preprocess_dir, "split.json"), config)
     skipped = skipped_tokens_per_stride(window_size, stride)
     if skipped:
         log.warning(
@@ -85,7 +87,8 @@ def run(config: PipelineConfig, **_: Any) -> dict:
     tokens = _read_tokens(spark, tokens_uri)
     segments = _segment_table(tokens, tokens_uri)
     docs = document_ranges(segments["doc_id"], segments["offset"], segments["length"])
-    ranges = split_ranges(docs[1], docs[2], config.training.valid_split, config.data.split_by)
+    val_starts = validation_starts(segments, docs[0], docs[2], recorded_split["val_first_segment"])
+    ranges = split_ranges(docs[1], docs[2], val_starts, config.data.split_by)
     plans = {}
     for split in SPLITS:
         runs = window_runs(ranges[split], window_size, stride)
@@ -114,6 +117,7 @@ def run(config: PipelineConfig, **_: Any) -> dict:
             distribution[split] = {
                 "windows": planned,
                 "tokens": sum(end - start for start, end in ranges[split]),
+                "chars": recorded_split["chars"][split],  # the text's characters, from preprocess
                 **partition_stats(rows),
             }
         text = json.dumps(distribution, indent=2) + "\n"
@@ -156,6 +160,26 @@ def _read_tokens(spark: SparkSession, tokens_uri: str) -> DataFrame:
     if missing:
         raise InputError(f"{tokens_uri}: missing column(s) {', '.join(missing)} (expected doc_id, seq, ids)")
     return tokens.select(*TOKEN_COLUMNS)
+
+
+def _read_split(split_uri: str, config: PipelineConfig) -> dict[str, Any]:
+    """preprocess/split.json, checked against this run's split settings."""
+    try:
+        split = json.loads(storage.read_text(split_uri))
+        split["val_first_segment"] = {int(doc): int(seq) for doc, seq in split["val_first_segment"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{split_uri}: not a valid split record ({exc!r}); re-run the preprocess step"
+        ) from None
+    for key, configured in (("split_by", config.data.split_by), ("valid_split", config.training.valid_split)):
+        if split.get(key) != configured:
+            section = "data" if key == "split_by" else "training"
+            raise InputError(
+                f"{section}.{key} is {configured!r} but the preprocess step split the corpus with "
+                f"{key}={split.get(key)!r} ({split_uri}): the tokenizer and embeddings were fitted on "
+                "that training part; re-run the preprocess step with this config"
+            )
+    return split
 
 
 def _segment_table(tokens: DataFrame, tokens_uri: str) -> dict[str, np.ndarray]:

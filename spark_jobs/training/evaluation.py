@@ -1,9 +1,19 @@
-"""Scoring the model on validation windows: the same subset at every evaluation, summed across ranks."""
+"""Scoring the model on validation windows.
+
+Two kinds of evaluation:
+- sampled, during training: the same `eval_batches` x `batch_size` windows every time, so the
+  curve is comparable from point to point (labelled "sampled" wherever it is shown);
+- full-split, once at the end: every validation target scored exactly once (`score_full_split`),
+  and bits per character over the characters those targets decode to. These are the run's
+  figures in summary.json, whatever the strategy.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -52,13 +62,79 @@ def evaluate(model: nn.Module, windows: torch.Tensor, batches: list[torch.Tensor
     return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
 
-def validation_record(result: dict, kind: str, chars_per_token: float) -> dict:
-    """An evaluation with its derived figures (perplexity and bits per character for gpt)."""
+def validation_record(result: dict, has_likelihood: bool, chars_per_token: float) -> dict:
+    """An evaluation with its derived figures (perplexity and bits per character when the loss is nats)."""
     record = dict(result)
-    if kind == "gpt":
+    if has_likelihood:
         record["val_perplexity"] = math.exp(min(result["val_loss"], 50.0))
         record["val_bits_per_char"] = bits_per_char(result["val_loss"], chars_per_token)
     else:  # MSE / cosine in embedding space has no per-character likelihood
         record["val_perplexity"] = None
         record["val_bits_per_char"] = None
     return record
+
+
+def first_scores(doc_ids: np.ndarray, starts: np.ndarray, offsets: range) -> np.ndarray:
+    """bool [N, P]: which predictions of each window score their target for the first time.
+
+    Windows come in (doc_id, start) order; target p of a window sits at start + offsets[p].
+    Overlapping windows (stride < window) predict many targets again: only the first window
+    that reaches a target scores it, so every covered target counts exactly once.
+    """
+    targets = starts[:, None] + np.asarray(offsets)[None, :]
+    last = targets[:, -1]
+    previous_last = np.concatenate([[np.iinfo(np.int64).min], last[:-1]])
+    new_doc = np.concatenate([[True], doc_ids[1:] != doc_ids[:-1]])
+    previous_last[new_doc] = np.iinfo(np.int64).min
+    return targets > previous_last[:, None]
+
+
+def scored_target_ids(
+    windows: torch.Tensor, mask: np.ndarray, doc_ids: np.ndarray, offsets: range
+) -> list[list[int]]:
+    """The scored target ids of each document, in stream order (what the figures' characters decode from)."""
+    targets = windows[:, offsets.start : offsets.stop].numpy()
+    per_doc: dict[int, list[int]] = {}
+    for doc, row, keep in zip(doc_ids.tolist(), targets, mask, strict=True):
+        per_doc.setdefault(doc, []).extend(row[keep].tolist())
+    return list(per_doc.values())
+
+
+@dataclass
+class FullSplitScore:
+    loss_sum: float  # nats (gpt) or the regression loss (mlp), summed over the scored targets
+    correct: int
+    targets: int
+
+    def figures(self, has_likelihood: bool, chars: int) -> dict:
+        """summary.json's validation figures; bits per character over the decoded characters
+        when the loss is nats (gpt, mlp with the softmax loss)."""
+        loss = self.loss_sum / self.targets if self.targets else math.nan
+        record = {"val_loss": loss, "val_accuracy": self.correct / self.targets if self.targets else math.nan}
+        if has_likelihood:
+            record["val_perplexity"] = math.exp(min(loss, 50.0))
+            record["val_bits_per_char"] = self.loss_sum / math.log(2) / chars if chars else None
+        else:
+            record["val_perplexity"] = record["val_bits_per_char"] = None
+        return record
+
+
+@torch.no_grad()
+def score_full_split(
+    model: nn.Module, windows: torch.Tensor, mask: np.ndarray, batch_size: int
+) -> FullSplitScore:
+    """Sum the loss and the correct top-1 predictions over the targets `mask` selects (see first_scores)."""
+    was_training = model.training
+    model.eval()
+    keep = torch.from_numpy(mask)
+    loss_sum, correct, targets = 0.0, 0, 0
+    rows = np.flatnonzero(mask.any(axis=1))
+    for begin in range(0, len(rows), batch_size):
+        batch = torch.from_numpy(rows[begin : begin + batch_size])
+        losses, right = model.target_losses(windows[batch])
+        chosen = keep[batch]
+        loss_sum += float(losses[chosen].double().sum())
+        correct += int(right[chosen].sum())
+        targets += int(chosen.sum())
+    model.train(was_training)
+    return FullSplitScore(loss_sum, correct, targets)

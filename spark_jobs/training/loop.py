@@ -67,6 +67,12 @@ def plan_steps(windows_per_worker: int, cfg: TrainingConfig, window_dir: str) ->
     return batches_per_epoch, total_steps
 
 
+def reseed_for_step(seed: int, step: int, worker: int) -> None:
+    """Seed the RNG that dropout draws from, per step and per worker (DDP rank, averaging
+    partition): masks differ across workers, and a resumed run draws the same ones again."""
+    torch.manual_seed(seed * 1_000_003 + step * 1009 + worker)
+
+
 def crossed(before: int, after: int, interval: int) -> bool:
     """Whether moving the step counter from `before` to `after` passed a multiple of `interval`."""
     return after // interval > before // interval
@@ -122,6 +128,7 @@ def local_train_steps(run: TrainingRun, train_windows: torch.Tensor, net: nn.Mod
         step_start = time.perf_counter()
         lr = learning_rate_at(pos.step, cfg, run.total_steps)
         set_learning_rate(optimizer, lr)
+        reseed_for_step(cfg.seed, pos.step, run.rank)
         out = net(train_windows[orders[pos.epoch][pos.batch_index]])
         loss = out.loss
         if cfg.debug_nan_at_step is not None and pos.step == cfg.debug_nan_at_step:
@@ -187,5 +194,11 @@ def train_in_process(
         world_size=world_size,
     )
     run.resume(resume)
-    net = run.model if world_size == 1 else nn.parallel.DistributedDataParallel(run.model)
+    # broadcast_buffers=False: the only buffers are the mlp's frozen embedding table and its
+    # positions, identical on every rank; re-sending them before every forward is wasted work.
+    net = (
+        run.model
+        if world_size == 1
+        else nn.parallel.DistributedDataParallel(run.model, broadcast_buffers=False)
+    )
     return run_training(run, local_train_steps(run, train_windows, net))

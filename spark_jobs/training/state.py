@@ -124,7 +124,8 @@ def epoch_record(pos: Position, last_val: dict) -> dict:
         "step": pos.step,
         "train_loss": pos.epoch_loss_sum / max(pos.epoch_batches, 1),
         "train_accuracy": pos.epoch_correct / max(pos.epoch_count, 1),
-        **{k: v for k, v in last_val.items() if k != "step"},
+        # the latest periodic evaluation: on the fixed validation sample, not the whole split
+        **{f"{k}_sampled": v for k, v in last_val.items() if k.startswith("val_")},
         "epoch_s": round(pos.epoch_seconds, 3),
     }
 
@@ -224,10 +225,11 @@ class TrainingRun:
         """Score the model on the validation subset; log it and remember it as the latest."""
         result = validation_record(
             evaluate(self.model, self.val_windows, self.val_subset, self.world_size),
-            self.config.model.kind,
+            self.model.has_likelihood,
             self.inputs.chars_per_token,
         )
         result["step"] = self.pos.step
+        result["sampled_windows"] = sum(len(rows) for rows in self.val_subset) * self.world_size
         if self.metrics:
             self.metrics.log_step({"kind": "eval", "step": self.pos.step, "epoch": self.pos.epoch, **result})
         self.pos.last_val = result

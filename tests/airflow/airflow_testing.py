@@ -79,7 +79,9 @@ METRICS_FIXTURE = {
     "val_bits_per_char": 2.9,
     "tokens_per_s": 12000.0,
     "wall_s": 42.0,
-}
+    "evaluation": {"corpus_sha256": "fixture", "split_by": "document", "valid_split": 0.1,
+                   "val_chars_scored": 4321, "loss": "cross_entropy", "embeddings_sha256": None},
+}  # fmt: skip
 
 
 def fresh_dag(dag_id: str):

@@ -17,7 +17,7 @@ from llm_decoder_airflow.promote import champion_uri, decide, promote
 from llm_decoder_airflow.settings import EmrSettings, read_yaml, split_config
 
 from spark_jobs.common.config import RUN_ID_PATTERN
-from spark_jobs.common.errors import ConfigError
+from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.common.pipeline import STEP_NAMES, STEPS
 from spark_jobs.reporting.summary import HEADLINE_KEYS
 
@@ -176,8 +176,15 @@ def test_collect_with_no_metrics_at_all(tmp_path):
     assert (tmp_path / "runs" / "r2" / "summary.json").exists()
 
 
-def _summary(run_id, val_loss, kind="gpt", bpc=None):
-    return {"run_id": run_id, "val_loss": val_loss, "model_kind": kind, "val_bits_per_char": bpc}
+FINGERPRINT = {"corpus_sha256": "c1", "split_by": "document", "valid_split": 0.1, "val_chars_scored": 1000,
+               "loss": "cross_entropy", "embeddings_sha256": None}  # fmt: skip
+
+
+def _summary(run_id, bpc, kind="gpt", val_loss=None, **evaluation):
+    loss = "mse" if kind == "mlp" else "cross_entropy"
+    return {"run_id": run_id, "model_kind": kind, "val_bits_per_char": bpc if kind == "gpt" else None,
+            "val_loss": val_loss if val_loss is not None else (bpc * 1.6 if bpc is not None else None),
+            "evaluation": {**FINGERPRINT, "loss": loss, **evaluation}}  # fmt: skip
 
 
 def test_promotion_decisions():
@@ -186,9 +193,33 @@ def test_promotion_decisions():
     assert decide(_summary("b", 2.5), _summary("a", 2.0))[0] == "kept"
     assert decide(_summary("a", 2.0), _summary("a", 2.0))[0] == "unchanged"
     assert decide(_summary("b", float("nan")), _summary("a", 2.0))[0] == "skipped"
-    # An MSE loss is not comparable with a cross-entropy: bits per character decide.
-    assert decide(_summary("m", 0.01, "mlp", 3.9), _summary("a", 2.0, "gpt", 2.9))[0] == "kept"
-    assert decide(_summary("m", 0.01, "mlp"), _summary("a", 2.0, "gpt", 2.9))[0] == "kept"
+    # gpt runs compare on full-split bits per character, even when their losses say otherwise
+    assert decide(_summary("b", 1.9, val_loss=9.0), _summary("a", 2.0, val_loss=1.0))[0] == "promoted"
+    # like with like only: another corpus, split or scored text, another model kind, no fingerprint
+    for other in ({"corpus_sha256": "c2"}, {"valid_split": 0.2}, {"val_chars_scored": 999}):
+        decision, reason = decide(_summary("b", 1.0, **other), _summary("a", 2.0))
+        assert decision == "not comparable" and next(iter(other)) in reason, reason
+    assert decide(_summary("m", None, "mlp", 0.01), _summary("a", 2.0))[0] == "not comparable"
+    legacy = {"run_id": "old", "model_kind": "gpt", "val_loss": 3.0, "val_bits_per_char": 2.5}
+    assert decide(_summary("b", 1.0), legacy) == (
+        "not comparable",
+        "the champion has no evaluation fingerprint; the champion stays",
+    )
+    # mlp: val_loss, and only against the same embedding table
+    assert (
+        decide(
+            _summary("m2", None, "mlp", 0.01, embeddings_sha256="e1"),
+            _summary("m1", None, "mlp", 0.02, embeddings_sha256="e1"),
+        )[0]
+        == "promoted"
+    )
+    assert (
+        decide(
+            _summary("m2", None, "mlp", 0.01, embeddings_sha256="e2"),
+            _summary("m1", None, "mlp", 0.02, embeddings_sha256="e1"),
+        )[0]
+        == "not comparable"
+    )
 
 
 def test_promote_updates_the_pointer_only_when_better_and_is_idempotent(tmp_path):
@@ -198,9 +229,40 @@ def test_promote_updates_the_pointer_only_when_better_and_is_idempotent(tmp_path
     assert promote(files, root, _summary("b", 2.5))["decision"] == "kept"
     assert json.loads(open(champion_uri(root)).read())["run_id"] == "a"
     result = promote(files, root, _summary("c", 1.0))
-    assert result["decision"] == "promoted" and result["champion_val_loss"] == 2.0
+    assert result["decision"] == "promoted" and result["champion_val_loss"] == 3.2
     pointer = json.loads(open(champion_uri(root)).read())
     assert pointer["run_id"] == "c" and pointer["previous"]["run_id"] == "a"
+    assert pointer["evaluation"] == _summary("c", 1.0)["evaluation"]
+
+
+def test_a_corrupt_champion_pointer_is_a_one_line_error(tmp_path):
+    files, root = FileStore(None), str(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "champion.json").write_text('{"run_id": "a", ')
+    with pytest.raises(
+        InputError, match=r"models/champion.json: not valid JSON \(line 1: .*\); fix or delete it"
+    ):
+        promote(files, root, _summary("b", 1.0))
+
+
+def test_the_champion_pointer_is_written_only_if_nobody_wrote_it_meanwhile(tmp_path, s3):
+    from airflow_testing import BUCKET
+
+    files = FileStore("aws_default")
+    for pointer in (
+        str(tmp_path / "models" / "champion.json"),
+        f"s3://{BUCKET}/cas-test/models/champion.json",
+    ):
+        assert files.read_versioned(pointer) == (None, None)
+        assert files.write_if_version(pointer, '{"run_id": "a"}', None)
+        assert not files.write_if_version(pointer, '{"run_id": "b"}', None)  # it exists by now
+        text, version = files.read_versioned(pointer)
+        assert json.loads(text)["run_id"] == "a"
+        files.write_text(pointer, '{"run_id": "c"}')  # another run promoted in between
+        assert not files.write_if_version(pointer, '{"run_id": "d"}', version)
+        assert json.loads(files.read_versioned(pointer)[0])["run_id"] == "c"
+        assert files.write_if_version(pointer, '{"run_id": "e"}', files.read_versioned(pointer)[1])
+        assert json.loads(files.read_versioned(pointer)[0])["run_id"] == "e"
 
 
 def test_bootstrap_script_is_valid_bash():

@@ -143,3 +143,24 @@ def test_build_model_rejects_bad_inputs(make_config, vocab_size, embeddings):
     model = build_model(make_config("gpt"), vocab_size)
     with pytest.raises(InputError, match="window_size=16"):
         model(torch.zeros(2, WINDOW + 2, dtype=torch.long))
+
+
+def test_mlp_softmax_loss_scores_the_whole_table(make_config, vocab_size, embeddings, windows):
+    """The softmax loss: cross-entropy over dot products with the frozen table; it has a likelihood."""
+    model = build_model(make_config("mlp", mlp_loss="softmax"), vocab_size, embeddings)
+    assert model.has_likelihood and not build_model(make_config("mlp"), vocab_size, embeddings).has_likelihood
+    with torch.no_grad():
+        model.out.weight.zero_()
+        model.out.bias.copy_(3.0 * embeddings[7])
+    batch = windows.clone()
+    batch[:, WINDOW] = 7
+    logits = 3.0 * embeddings[7] @ embeddings.T
+    expected = torch.nn.functional.cross_entropy(logits.expand(len(batch), -1), batch[:, WINDOW])
+    out = model(batch)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert int(out.correct) == (len(batch) if int(logits.argmax()) == 7 else 0)
+    losses, correct = model.target_losses(batch)
+    assert losses.shape == (len(batch), 1) and losses.mean().item() == pytest.approx(
+        out.loss.item(), rel=1e-5
+    )
+    torch.testing.assert_close(model.next_token_scores(batch[:, :WINDOW]), logits.expand(len(batch), -1))

@@ -71,6 +71,28 @@ def test_cli_preprocess(spark, repo, tmp_path, small_corpus, monkeypatch):
     _check_output(tmp_path, small_corpus)
 
 
+def test_cli_pipeline_runs_the_three_steps_and_writes_the_html_report(
+    spark, repo, tmp_path, small_corpus, monkeypatch
+):
+    """`llm-decoder pipeline` in-process: preprocess, window, train (a few steps), then report.html."""
+    from typer.testing import CliRunner
+
+    from spark_jobs.cli import app
+
+    monkeypatch.chdir(repo)
+    tiny = ["model.window_size=16", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
+            "data.window_stride=16", "training.max_steps=3", "training.batch_size=8", "training.eval_batches=1",
+            "training.sample_tokens=4", "training.num_threads=1"]  # fmt: skip
+    sets = [*_sets(tmp_path, small_corpus), *[arg for item in tiny for arg in ("--set", item)]]
+    result = CliRunner().invoke(app, ["pipeline", "--config", "configs/local.yaml", *sets])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "entry"
+    assert all(storage.is_complete(str(run / step)) for step in ("preprocess", "window", "train"))
+    html = (run / "metrics" / "report.html").read_text()
+    assert result.output.strip().endswith(str(run / "metrics" / "report.html"))
+    assert "<html" in html and "entry" in html
+
+
 @pytest.mark.slow
 def test_spark_submit_preprocess(repo, tmp_path, small_corpus):
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}

@@ -192,3 +192,35 @@ def test_failed_rerun_unmarks_the_old_output(spark, tmp_path, baseline):
     with pytest.raises(InputError, match="corpus not found"):
         run(bad)
     assert not storage.is_complete(step_dir(bad))
+
+
+def test_nothing_is_fitted_on_the_validation_text(spark, tmp_path, small_corpus):
+    """A word and a character that occur only in the validation tail are unknown to the
+    tokenizer's merges and get no Word2Vec vector; split.json says where validation begins."""
+    planted_word, planted_char = "Zyxwvutsrq", "\u00a7"  # '§': two bytes, both absent from the training text
+    text = small_corpus.read_text(encoding="utf-8")
+    assert planted_char not in text
+    # 3.6 kB, inside the last 10 %; 240 occurrences, far more than most of the 1,700 merges a
+    # 2,000-token vocabulary learns from 40 kB: fitted on the whole corpus, it would be merged.
+    tail = "".join(f"{planted_word} {planted_word} {planted_char}{planted_char}\n" for _ in range(120))
+    corpus = tmp_path / "planted.txt"
+    corpus.write_text(text + tail, encoding="utf-8")
+    config = make_config(tmp_path, corpus, run_id="planted", vocab_size=2000)
+    run(config)
+    out = Path(step_dir(config))
+
+    split = json.loads((out / "split.json").read_text())
+    assert split["split_by"] == "document" and split["valid_split"] == config.training.valid_split
+    train_chars = split["chars"]["train"]
+    assert split["chars"]["val"] == len(text + tail) - train_chars
+    assert (text + tail)[train_chars - 1] == "\n" and planted_word not in (text + tail)[:train_chars]
+
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert all(planted_word[:4] not in token for token in tokenizer.get_vocab())  # no merge learnt from it
+    planted_ids = set(tokenizer.encode(planted_char).ids)
+    with open(out / "token_counts.csv", encoding="utf-8") as handle:
+        rows = {int(row["id"]): row for row in csv.DictReader(handle)}
+    for token_id in planted_ids:
+        assert int(rows[token_id]["count"]) >= 120  # in the corpus (the validation tail) ...
+        assert rows[token_id]["has_vector"] == "0"  # ... but Word2Vec never saw it
+    assert sum(row["has_vector"] == "1" for row in rows.values()) > 50

@@ -86,5 +86,13 @@ def test_align_puts_token_vectors_on_their_ids_and_seeds_the_rest():
 
 
 def test_token_counts_csv_sorted_by_count_then_id():
-    text = token_counts_csv(np.array([5, 0, 9, 5]), ["a", ",", '"q', "d"])
-    assert text.splitlines() == ["id,token,count", '2,"""q",9', "0,a,5", "3,d,5", '1,",",0']
+    text = token_counts_csv(
+        np.array([5, 0, 9, 5]), ["a", ",", '"q', "d"], np.array([True, False, True, True])
+    )
+    assert text.splitlines() == [
+        "id,token,count,has_vector",
+        '2,"""q",9,1',
+        "0,a,5,1",
+        "3,d,5,1",
+        '1,",",0,0',
+    ]

@@ -301,3 +301,54 @@ def test_too_few_windows_per_worker_is_a_one_line_error(window_dir: Path, tmp_pa
     inputs.num_train_windows = 1
     with pytest.raises(InputError, match=r"1 windows for training.num_workers=2"):
         parameter_averaging.train(_config("gpt", tmp_path, num_workers=2), inputs, resume=False)
+
+
+def test_two_workers_k_steps_equal_an_in_process_average(spark, window_dir: Path, tmp_path: Path) -> None:
+    """DL4J's semantics: from the same weights, each worker trains K minibatches on its shard; then
+    weights and Adam's state are averaged. Reproduced here with two model copies in this process."""
+    from spark_jobs.data.loader import batch_order, load_windows
+    from spark_jobs.models import build_model
+    from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
+
+    k = 3
+    config = _config("gpt", tmp_path, num_workers=2, averaging_frequency=k, max_steps=k, log_interval=k)
+    result = parameter_averaging.train(config, _inputs(window_dir, tmp_path, "gpt"), resume=False)
+    assert result["rounds"] == 1
+    cfg = config.training
+
+    copies = []
+    for shard in range(2):
+        torch.manual_seed(cfg.seed)  # the run's initial weights
+        model = build_model(config.model, VOCAB)
+        optimizer = make_optimizer(model, cfg)
+        windows = load_windows(str(window_dir), "train", shard, 2)
+        order = batch_order(len(windows), cfg.batch_size, 0, cfg.seed, cfg.shuffle)
+        for step in range(k):
+            set_learning_rate(optimizer, learning_rate_at(step, cfg, k))
+            loss = model(windows[order[step]]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        copies.append((model, optimizer))
+
+    final = checkpoints.load_latest(str(tmp_path / "checkpoints"))
+    expected = averaging.average_arrays([averaging.model_arrays(m) for m, _ in copies])
+    averaged_model = build_model(config.model, VOCAB)
+    averaged_model.load_state_dict(final.model_state)
+    got = averaging.model_arrays(averaged_model)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+    expected_state = averaging.average_arrays([averaging.optimizer_arrays(o) for _, o in copies])
+    optimizer = make_optimizer(averaged_model, cfg)
+    final.restore_optimizer(optimizer)
+    got_state = averaging.optimizer_arrays(optimizer)
+    assert set(got_state) == set(expected_state)
+    for name, value in expected_state.items():
+        np.testing.assert_allclose(got_state[name], value, rtol=1e-5, atol=1e-7)
+    # each worker's memory and CPU, measured in the worker (the driver's are labelled as such)
+    records = [json.loads(line) for line in (tmp_path / "metrics" / "steps.jsonl").read_text().splitlines()]
+    (train,) = [r for r in records if r["kind"] == "train"]
+    assert len(train["worker_rss_mb"]) == 2 and min(train["worker_rss_mb"]) > 50
+    assert train["rss_mb"] == max(train["worker_rss_mb"]) and train["driver_rss_mb"] > 50
+    assert len(train["worker_cpu_percent"]) == 2

@@ -37,7 +37,7 @@ def window_dir(config) -> str:
 def test_stride_one_by_document_rebuilds_the_stream(spark, window_config) -> None:
     lengths = [1000, 537, 20]  # the last document is too short for a val window
     config = window_config(window_size=8, stride=1, valid_split=0.2, rows_per_partition=300)
-    write_preprocess(Path(config.run.root), config.run.id, lengths)
+    write_preprocess(config, lengths)
 
     result = window.run(config)
 
@@ -92,7 +92,7 @@ def test_stride_by_stream_starts_every_stride_and_warns_when_skipping(spark, win
     config = window_config(
         window_size=4, stride=7, valid_split=0.25, split_by="stream", rows_per_partition=20
     )
-    write_preprocess(Path(config.run.root), config.run.id, lengths, seed=3)
+    write_preprocess(config, lengths, seed=3)
     stream = np.concatenate([doc_tokens(d, n) for d, n in enumerate(lengths)])
     doc_starts = np.cumsum([0, *lengths[:-1]])
     warnings: list[str] = []
@@ -123,7 +123,7 @@ def test_stride_by_stream_starts_every_stride_and_warns_when_skipping(spark, win
 
 def test_rerun_replaces_the_output_and_is_identical(spark, window_config) -> None:
     config = window_config(window_size=6, stride=3, rows_per_partition=40)
-    write_preprocess(Path(config.run.root), config.run.id, [400, 250], seed=5)
+    write_preprocess(config, [400, 250], seed=5)
     step = window_dir(config)
     stale = Path(step, "train", "part-99999-stale.parquet")  # an older output, marked complete
     stale.parent.mkdir(parents=True)
@@ -146,7 +146,7 @@ def test_rerun_replaces_the_output_and_is_identical(spark, window_config) -> Non
 
 def test_window_larger_than_the_tokens_is_refused(spark, window_config) -> None:
     config = window_config(window_size=64, valid_split=0.1)
-    write_preprocess(Path(config.run.root), config.run.id, [300, 200])
+    write_preprocess(config, [300, 200])
     with pytest.raises(InputError) as info:
         window.run(config)
     message = str(info.value)
@@ -159,7 +159,7 @@ def test_missing_or_unfinished_preprocess_is_refused(tmp_path: Path, window_conf
     config = window_config()
     with pytest.raises(InputError, match="preprocess output not found"):
         window.run(config)
-    write_preprocess(Path(config.run.root), config.run.id, [100], success=False)
+    write_preprocess(config, [100], success=False)
     with pytest.raises(InputError, match="no _SUCCESS marker"):
         window.run(config)
     assert not storage.exists(window_dir(config))
@@ -167,7 +167,7 @@ def test_missing_or_unfinished_preprocess_is_refused(tmp_path: Path, window_conf
 
 def test_malformed_preprocess_output_is_refused(spark, window_config) -> None:
     config = window_config()
-    step = Path(write_preprocess(Path(config.run.root), config.run.id, [200]))
+    step = Path(write_preprocess(config, [200]))
     stats = step / "stats.json"
     good_stats = stats.read_text()
     stats.write_text("{}")
@@ -225,3 +225,16 @@ def test_preprocess_then_window_decodes_back_to_the_corpus(spark, tmp_path: Path
     distribution = json.loads(Path(step, "data_distribution.json").read_text())
     assert distribution["chars_per_token"] == stats["chars_per_token"]
     assert distribution["train"]["tokens"] + distribution["val"]["tokens"] == stats["tokens"] == len(stream)
+
+
+def test_a_split_that_disagrees_with_the_preprocess_step_is_refused(window_config):
+    config = window_config(valid_split=0.2)
+    write_preprocess(config, [300, 200])
+    other = window_config(valid_split=0.3)
+    with pytest.raises(
+        InputError, match=r"training.valid_split is 0.3 but the preprocess step split .*valid_split=0.2"
+    ):
+        window.run(other)
+    split_by = window_config(valid_split=0.2, split_by="stream")
+    with pytest.raises(InputError, match=r"data.split_by is 'stream' but .*re-run the preprocess step"):
+        window.run(split_by)

@@ -58,10 +58,15 @@ def test_offsets_and_document_ranges() -> None:
 
 def test_split_by_document_and_by_stream() -> None:
     starts, ends = np.array([0, 100]), np.array([100, 150])
-    by_doc = split_ranges(starts, ends, 0.2, "document")
+    by_doc = split_ranges(starts, ends, np.array([80, 140]), "document")
     assert by_doc == {"train": [(0, 80), (100, 140)], "val": [(80, 100), (140, 150)]}
-    by_stream = split_ranges(starts, ends, 0.2, "stream")
+    # stream: the first document with validation text holds the one cut; later ones are all validation
+    by_stream = split_ranges(starts, ends, np.array([100, 120]), "stream")
     assert by_stream == {"train": [(0, 120)], "val": [(120, 150)]}
+    assert split_ranges(starts, ends, np.array([100, 100]), "stream") == {
+        "train": [(0, 100)],
+        "val": [(100, 150)],
+    }
     assert split_point(0, 10, 0.25) == 10 - round(2.5)
 
 

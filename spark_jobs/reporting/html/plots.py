@@ -36,8 +36,8 @@ def training_curves_png(steps: list[dict[str, Any]]) -> str | None:
     train = [r for r in steps if r.get("kind", "train") == "train"]
     evals = [r for r in steps if r.get("kind") == "eval"]
     panels = [
-        ("loss", [("train", train, "loss"), ("val", evals, "val_loss")]),
-        ("accuracy", [("train", train, "accuracy"), ("val", evals, "val_accuracy")]),
+        ("loss", [("train", train, "loss"), ("val (sampled)", evals, "val_loss")]),
+        ("accuracy", [("train", train, "accuracy"), ("val (sampled)", evals, "val_accuracy")]),
         ("learning rate", [("lr", train, "lr")]),
         ("gradient norm (before clipping)", [("grad norm", train, "grad_norm")]),
     ]

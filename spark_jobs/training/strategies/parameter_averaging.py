@@ -50,7 +50,7 @@ from spark_jobs.reporting.spark_metrics import spark_metrics_or_none
 from spark_jobs.reporting.train_metrics import gradient_stats, system_metrics
 from spark_jobs.training import averaging
 from spark_jobs.training.inputs import TrainInputs, TrainResult
-from spark_jobs.training.loop import plan_steps, run_training, set_threads
+from spark_jobs.training.loop import plan_steps, reseed_for_step, run_training, set_threads
 from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 from spark_jobs.training.state import Position, StepsDone, TrainingRun
 
@@ -103,8 +103,6 @@ def train_round(shard: int, partition: Iterator[Any], job_blob: bytes, round_blo
         averaging.load_optimizer_arrays(optimizer, optimizer_state)
     else:
         optimizer.state.clear()
-    # Dropout masks differ per worker and per round but are reproducible.
-    torch.manual_seed(cfg.seed * 1_000_003 + info["start_step"] * 1009 + shard)
 
     order = batch_order(len(windows), cfg.batch_size, info["epoch"], cfg.seed, cfg.shuffle)
     losses, grad_norms, correct, count, layer_stats = [], [], 0, 0, {}
@@ -113,6 +111,7 @@ def train_round(shard: int, partition: Iterator[Any], job_blob: bytes, round_blo
     for j in range(info["num_steps"]):
         step = info["start_step"] + j
         set_learning_rate(optimizer, learning_rate_at(step, cfg, info["total_steps"]))
+        reseed_for_step(cfg.seed, step, shard)
         out = model(windows[order[info["batch_index"] + j]])
         loss = out.loss
         if cfg.debug_nan_at_step is not None and step == cfg.debug_nan_at_step:
@@ -144,6 +143,8 @@ def train_round(shard: int, partition: Iterator[Any], job_blob: bytes, round_blo
         layer_stats={str(k): v for k, v in layer_stats.items()},
         windows=len(windows),
         cached=cached,
+        # measured here, in the worker that trained: the driver idles during a round
+        **system_metrics(),
     )
 
 
@@ -299,7 +300,13 @@ def _round_records(
                 "worker_s": [info["seconds"] for info in infos],
                 # False: that task had to read and decode its shard (first round, or a new worker)
                 "worker_data_cached": [info["cached"] for info in infos],
-                **system_metrics(),
+                # each worker's resident memory and CPU over the round; rss_mb / cpu_percent
+                # summarise them (the largest worker, the mean) for the curves all strategies share
+                "worker_rss_mb": [info["rss_mb"] for info in infos],
+                "worker_cpu_percent": [info["cpu_percent"] for info in infos],
+                "rss_mb": max(info["rss_mb"] for info in infos),
+                "cpu_percent": float(np.mean([info["cpu_percent"] for info in infos])),
+                **{f"driver_{key}": value for key, value in system_metrics().items()},
                 "time": time.time(),
             }
         )
