@@ -11,8 +11,9 @@ a line start by the preprocess step), and prints JSON:
   description on this project's GPT module;
 - `gpt_local`: our pipeline with configs/local.yaml unchanged (the steps, `single`), its own
   summary.json figures;
-- `mlp`: the seed's network with the softmax loss (the predicted embedding scored against the
-  whole frozen table), trained for a wall-clock budget;
+- `mlp`: the seed's network (16-token context, windows at every position so that every
+  validation token is a target) with the softmax loss (the predicted embedding scored against
+  the whole frozen table), trained for a wall-clock budget;
 - `bigram`: a count-based token bigram model (add-one smoothing) from the training windows.
 
 Bits per character are summed nats over the scored targets divided by the characters they
@@ -78,7 +79,7 @@ def gpt_local(root: str, corpus: str, overrides: tuple[str, ...] = ()) -> dict:
 def mlp_softmax(root: str, corpus: str, source_run: str, budget_s: float) -> dict:
     """The seed's network (16-token context) with the softmax loss, for a wall-clock budget."""
     sets = ("model.kind=mlp", "model.mlp_loss=softmax", "model.window_size=16", "model.num_layers=2",
-            "data.window_stride=4", "training.batch_size=64", "training.eval_interval=1000000",
+            "data.window_stride=1", "training.batch_size=64", "training.eval_interval=1000000",
             "training.checkpoint_interval=1000000")  # fmt: skip
     probe = local_config(root, "mlp", corpus, *sets)
     run_dir = storage.run_dir(root, "mlp")
