@@ -11,10 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from spark_jobs.common.config import PipelineConfig
+from spark_jobs.common.config import PipelineConfig, parse_yaml_mapping
 from spark_jobs.common.errors import ConfigError
 
 # The repository (or the image's copy of it): dags/, plugins/, configs/ and spark_jobs/ live here.
@@ -104,16 +103,13 @@ def split_config(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], Sett
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A local config file (configs/emr.yaml, configs/local.yaml) as a dict of sections."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file is a directory: {path} (give the YAML file inside it)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections")
-    return raw
+    return parse_yaml_mapping(path.read_bytes(), str(path))
 
 
 def emr_config_path() -> Path:

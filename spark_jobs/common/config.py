@@ -233,22 +233,51 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> PipelineConf
         raise ConfigError(_describe(exc.errors(), source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key written twice in one mapping is an error (plain YAML
+    keeps the last one, silently dropping a whole section written earlier)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"'{key}' is written twice (lines {seen[key]} and {key_node.start_mark.line + 1}): "
+                    "merge them, or the first would be ignored"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml_mapping(data: bytes, source: str) -> dict[str, Any]:
+    """A config file's bytes as a dict of sections; one-line errors naming `source`."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
 def load_raw(path: str) -> dict[str, Any]:
     """Read a YAML config file (local path or s3:// URI) into a dict."""
     from spark_jobs.common import storage
 
     if not storage.exists(path):
         raise ConfigError(f"config file not found: {path}")
-    text = storage.read_text(path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return raw
+    if storage.is_dir(path):
+        raise ConfigError(f"config file is a directory: {path} (give the YAML file inside it)")
+    return parse_yaml_mapping(storage.read_bytes(path), path)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -102,3 +102,33 @@ def test_every_config_key_is_documented_in_the_readme(repo):
         if f"`{section}.{key}`" not in readme and f"{key}`" not in readme
     ]
     assert not undocumented, f"README's configuration table misses {undocumented}"
+
+
+def _loaders():
+    """The steps' loader and the Airflow side's (configs/emr.yaml, configs/local.yaml): the same rules."""
+    from llm_decoder_airflow.settings import read_yaml
+
+    return [lambda path: load_config(path), read_yaml]
+
+
+@pytest.mark.parametrize("loader", range(2))
+def test_a_section_written_twice_is_an_error_naming_both_lines(tmp_path, loader):
+    path = tmp_path / "twice.yaml"
+    path.write_text("training:\n  num_epochs: 3\nmodel:\n  kind: mlp\ntraining:\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: 'training' is written twice \(lines 1 and 5\)"):
+        _loaders()[loader](path)
+    path.write_text("training:\n  num_epochs: 3\n  num_epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"'num_epochs' is written twice \(lines 2 and 3\)"):
+        _loaders()[loader](path)
+
+
+@pytest.mark.parametrize("loader", range(2))
+def test_a_directory_or_a_non_utf8_file_is_a_one_line_error(tmp_path, loader):
+    with pytest.raises(ConfigError, match=r"config file is a directory: .*give the YAML file inside it"):
+        _loaders()[loader](tmp_path)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("run:\n  id: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 14: invalid continuation byte\)"
+    ):
+        _loaders()[loader](latin)
