@@ -191,8 +191,10 @@ class AirflowStandalone:
             headers["Authorization"] = f"Bearer {self.token()}"
         data = None if payload is None else json.dumps(payload).encode()
         request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        # A busy machine can stall the single API worker: retry timeouts (every call we make
-        # is either read-only or refused by validation, so a retry changes nothing).
+        # A busy machine can stall the single API worker, and SQLite can refuse a write while a
+        # task holds the database (Airflow answers 500 "Database error", having rolled the request
+        # back): retry both. Every call we make is either read-only or refused by validation,
+        # so a retry changes nothing.
         for attempt in range(1, 4):
             try:
                 with urllib.request.urlopen(request, timeout=60) as response:
@@ -200,6 +202,9 @@ class AirflowStandalone:
                 break
             except urllib.error.HTTPError as exc:
                 status, raw = exc.code, exc.read()
+                if status == 500 and b"Database error" in raw and attempt < 3:
+                    time.sleep(2 * attempt)
+                    continue
                 break
             except (TimeoutError, urllib.error.URLError) as exc:
                 if attempt == 3:
