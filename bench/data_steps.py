@@ -27,30 +27,33 @@ from spark_jobs.common import storage
 from spark_jobs.common.config import load_config
 from spark_jobs.common.spark_session import get_spark
 from spark_jobs.data.tokenizer import load_tokenizer
-from spark_jobs.data.windows import split_point
 from spark_jobs.steps import preprocess, window
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def baseline(text: str, tokenizer_uri: str, window_size: int, stride: int, valid_split: float) -> dict:
-    """Encode line by line in one process, then cut the train/val windows with numpy."""
+def baseline(text: str, tokenizer_uri: str, window_size: int, stride: int, train_chars: int) -> dict:
+    """Encode line by line in one process, then cut the train/val windows with numpy; the split
+    is where the preprocess step put it (`train_chars`, a line start, from its split.json)."""
     tokenizer = load_tokenizer(tokenizer_uri)
     began = time.perf_counter()
-    encodings = tokenizer.encode_batch(text.splitlines(keepends=True))
-    stream = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32)
+    parts = []
+    for piece in (text[:train_chars], text[train_chars:]):
+        encodings = tokenizer.encode_batch(piece.splitlines(keepends=True))
+        parts.append(np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32))
     encoded = time.perf_counter()
-    cut = split_point(0, len(stream), valid_split)
     windows = 0
-    for part in (stream[:cut], stream[cut:]):
-        view = np.lib.stride_tricks.sliding_window_view(part, window_size + 1)[::stride]
-        windows += len(np.ascontiguousarray(view))
+    for part in parts:
+        if len(part) > window_size:
+            view = np.lib.stride_tricks.sliding_window_view(part, window_size + 1)[::stride]
+            windows += len(np.ascontiguousarray(view))
     done = time.perf_counter()
+    tokens = sum(len(part) for part in parts)
     return {
-        "tokens": len(stream),
+        "tokens": tokens,
         "windows": windows,
-        "encode_tokens_per_s": len(stream) / (encoded - began),
-        "window_tokens_per_s": len(stream) / (done - encoded),
+        "encode_tokens_per_s": tokens / (encoded - began),
+        "window_tokens_per_s": tokens / (done - encoded),
         "seconds": done - began,
     }
 
@@ -74,9 +77,12 @@ def bench_corpus(name: str, corpus: Path, scratch: Path, args: argparse.Namespac
     windows = window.run(config)
     window_seconds = time.perf_counter() - began
 
-    tokenizer_uri = storage.join(storage.step_dir(config.run.root, name, "preprocess"), "tokenizer.json")
+    preprocess_dir = storage.step_dir(config.run.root, name, "preprocess")
+    train_chars = json.loads(storage.read_text(storage.join(preprocess_dir, "split.json")))["chars"]["train"]
     text = corpus.read_text(encoding="utf-8")
-    single = baseline(text, tokenizer_uri, args.window_size, args.stride, config.training.valid_split)
+    single = baseline(
+        text, storage.join(preprocess_dir, "tokenizer.json"), args.window_size, args.stride, train_chars
+    )
     tokens = stats["tokens"]
     spark = {
         "tokens": tokens,
