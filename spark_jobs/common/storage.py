@@ -7,12 +7,15 @@ Layout of one run (every step writes only under its own folder):
     <root>/runs/<run_id>/checkpoints/  step-<n>/ (kept across retries of the train step)
     <root>/runs/<run_id>/train/        model/ (model.safetensors, config.json, tokenizer.json)
     <root>/runs/<run_id>/metrics/      steps.jsonl, epochs.csv, spark.json, summary.json, report.*
+    <root>/runs/<run_id>/train-attempts/<id>/  rank-<r>.json: a ddp rank's error (removed after the attempt)
     <root>/models/champion.json        the promoted model
 
 A step is complete when its folder holds `_SUCCESS`. `step_output` writes a step into a
 temporary sibling folder and renames it into place (local), or clears the folder and writes
 the marker last (S3, which has no rename); either way a reader never takes a half-written
 step for a finished one, and a re-run replaces the previous output.
+
+An S3 filesystem is made per bucket in the bucket's own region (`bucket_region`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import contextlib
 import logging
 import os
 import posixpath
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,19 +63,100 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and the path inside it for a URI."""
     if is_s3(uri):
         bucket_and_key = normalize(uri)[len("s3://") :]
-        return _s3_filesystem(), bucket_and_key
+        bucket = bucket_and_key.split("/", 1)[0]
+        if not bucket:
+            raise InputError(f"no bucket in {uri!r}: expected s3://bucket/key")
+        return _s3_filesystem(bucket), bucket_and_key
     return pafs.LocalFileSystem(), normalize(uri)
 
 
-def _s3_filesystem() -> pafs.S3FileSystem:
+def _s3_endpoint() -> str | None:
+    """An S3 endpoint override (moto in tests, an S3-compatible store), or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _s3_filesystem(bucket: str) -> pafs.S3FileSystem:
     # Credentials come from the default chain (instance profile on EMR, env vars locally).
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = _s3_endpoint()
+    region = bucket_region(bucket)
     if endpoint:
         scheme = "https" if endpoint.startswith("https") else "http"
-        host = endpoint.split("://", 1)[-1]
+        host = endpoint.split("://", 1)[-1].rstrip("/")
         return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region)
     return pafs.S3FileSystem(region=region)
+
+
+# A bucket lives in one region: resolve it once per process, keyed by (endpoint, bucket).
+_bucket_regions: dict[tuple[str, str], str] = {}
+
+
+def bucket_region(bucket: str) -> str:
+    """The region a bucket lives in, as S3 reports it.
+
+    Not the process's AWS_REGION: executors on EMR (YARN containers) have none, and a bucket
+    in another region than the cluster still has to be addressed in its own. The environment's
+    region is only the fallback when S3 does not say.
+    """
+    endpoint = _s3_endpoint() or ""
+    key = (endpoint, bucket)
+    if key not in _bucket_regions:
+        _bucket_regions[key] = _resolve_bucket_region(bucket, endpoint)
+    return _bucket_regions[key]
+
+
+def _resolve_bucket_region(bucket: str, endpoint: str) -> str:
+    if endpoint:
+        region, why = _head_bucket_region(bucket, endpoint)
+    else:
+        try:
+            region, why = pafs.resolve_s3_region(bucket), ""
+        except OSError as exc:
+            if f"Bucket '{bucket}' not found" in str(exc):
+                raise InputError(f"no such bucket: s3://{bucket}") from None
+            region, why = None, " ".join(str(exc).split())
+    if region:
+        log.info("bucket s3://%s is in %s", bucket, region)
+        return region
+    env_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if env_region:
+        log.warning(
+            "cannot resolve the region of s3://%s (%s); using %s from the environment",
+            bucket,
+            why,
+            env_region,
+        )
+        return env_region
+    raise InputError(
+        f"cannot resolve the region of bucket s3://{bucket} ({why}) and neither AWS_REGION "
+        "nor AWS_DEFAULT_REGION is set"
+    )
+
+
+# pyarrow's S3 client ignores HTTP(S)_PROXY; so does the region lookup, to reach the same endpoint.
+_no_proxy_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _head_bucket_region(bucket: str, endpoint: str) -> tuple[str | None, str]:
+    """(region or None, why not) from an unsigned path-style HEAD <endpoint>/<bucket>.
+
+    Standard library only (executors may lack boto3). S3 names the bucket's region in the
+    x-amz-bucket-region header even when it refuses the request (301, 403); moto does too.
+    """
+    url = f"{endpoint.rstrip('/')}/{urllib.parse.quote(bucket)}"
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        with _no_proxy_opener.open(request, timeout=10) as response:
+            status, headers = response.status, response.headers
+    except urllib.error.HTTPError as exc:  # an answer all the same: 301, 403, 404
+        status, headers = exc.code, exc.headers
+        exc.close()
+    except OSError as exc:  # no answer: connection refused, timeout, bad host
+        reason = getattr(exc, "reason", exc)
+        return None, f"HEAD {url}: {' '.join(str(reason).split())}"
+    if status == 404:
+        raise InputError(f"no such bucket: s3://{bucket}")
+    region = headers.get("x-amz-bucket-region")
+    return region, "" if region else f"HEAD {url} answered {status} without x-amz-bucket-region"
 
 
 def spark_path(uri: str) -> str:

@@ -46,11 +46,26 @@ def set_progress_callback(callback: ProgressCallback | None) -> None:
     _progress = callback
 
 
-def set_threads(num_threads: int | None, world_size: int = 1) -> int:
+def set_threads(num_threads: int | None, world_size: int = 1, task_cpus: int | None = None) -> int:
+    """Set and return torch's thread count.
+
+    In a Spark task (a barrier-mode ddp rank, a parameter-averaging worker): the cores Spark
+    gave the task, since Spark runs other tasks on the executor's other cores. Elsewhere
+    (single, the driver, torchrun ranks on the driver): training.num_threads, or the
+    machine's cores shared among the `world_size` ranks on it.
+    """
     # torchrun and Spark set OMP_NUM_THREADS=1 for each process: choose explicitly.
-    threads = num_threads or max(1, (os.cpu_count() or 1) // world_size)
+    threads = task_cpus or num_threads or max(1, (os.cpu_count() or 1) // world_size)
     torch.set_num_threads(threads)
     return threads
+
+
+def spark_task_cpus() -> int | None:
+    """The cores Spark gave the task this code runs in, or None outside a Spark task."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return context.cpus() if context is not None else None
 
 
 def plan_steps(windows_per_worker: int, cfg: TrainingConfig, window_dir: str) -> tuple[int, int]:
@@ -176,11 +191,17 @@ def local_train_steps(run: TrainingRun, train_windows: torch.Tensor, net: nn.Mod
 
 
 def train_in_process(
-    config: PipelineConfig, inputs: TrainInputs, resume: bool, rank: int = 0, world_size: int = 1
+    config: PipelineConfig,
+    inputs: TrainInputs,
+    resume: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    task_cpus: int | None = None,
 ) -> TrainResult:
-    """Train in this process: the whole of `single`, or one rank of `ddp` on its shard of the windows."""
+    """Train in this process: the whole of `single`, or one rank of `ddp` on its shard of the windows
+    (`task_cpus`: the cores of the Spark task a barrier-mode rank runs for; see `set_threads`)."""
     cfg = config.training
-    set_threads(cfg.num_threads, world_size)
+    set_threads(cfg.num_threads, world_size, task_cpus)
     train_windows = load_windows(inputs.window_dir, "train", rank, world_size)
     val_windows = load_windows(inputs.window_dir, "val", rank, world_size)
     batches_per_epoch, total_steps = plan_steps(len(train_windows), cfg, inputs.window_dir)

@@ -57,6 +57,8 @@ def test_ddp_learns_the_mlp_and_resumes_after_a_rank_fails(spark, new_run, tiny_
     # a rank's error crosses torchrun as our own one-line error
     with pytest.raises(TrainingError, match=r"^loss is nan at step 23; last good checkpoint: .*step-20$"):
         train.run(tiny_config(root, run_id, *overrides, "training.debug_nan_at_step=23"))
+    # the rank's error record lived in the run's storage only for the attempt
+    assert not (root / "runs" / run_id / "train-attempts").exists()
     # torchrun's scratch folders go inside the run, not in the machine's /tmp
     scratch = root / "runs" / run_id / "scratch"
     assert any(p.name.startswith("torchelastic_") for p in scratch.iterdir())
@@ -67,3 +69,23 @@ def test_ddp_learns_the_mlp_and_resumes_after_a_rank_fails(spark, new_run, tiny_
     assert steps == list(range(5, 41, 5))
     assert (root / "runs" / run_id / "train" / "model" / "embeddings.safetensors").exists()
     assert not scratch.exists()  # a finished run cleans its scratch folder up
+
+
+def test_a_barrier_mode_rank_error_reaches_the_driver_through_the_run_storage(spark, new_run, tiny_config):
+    # ranks as Spark barrier tasks (as on a cluster, where a rank's local files are on another
+    # machine); an earlier attempt's error record must not be taken for this attempt's
+    root, run_id = new_run()
+    attempts = root / "runs" / run_id / "train-attempts"
+    (attempts / "old").mkdir(parents=True)
+    (attempts / "old" / "rank-0.json").write_text('{"type": "InputError", "message": "stale"}')
+    overrides = (
+        "training.strategy=ddp",
+        "training.ddp_local_mode=false",
+        "training.batch_size=8",
+        "training.max_steps=4",
+        "training.checkpoint_interval=2",
+        "training.debug_nan_at_step=3",
+    )
+    with pytest.raises(TrainingError, match=r"^loss is nan at step 3; last good checkpoint: .*step-2$"):
+        train.run(tiny_config(root, run_id, *overrides))
+    assert sorted(p.name for p in attempts.iterdir()) == ["old"]  # this attempt's folder is gone

@@ -6,8 +6,15 @@ checkpoints. Gloo on CPU. In local mode torchrun runs on the driver; otherwise t
 are barrier tasks on executors.
 
 A rank cannot raise our errors across the process boundary (TorchDistributor reports only
-that torchrun failed), so a rank that hits a PipelineError writes it to
-<scratch>/rank-error.json and the driver re-raises it.
+that torchrun failed), so a rank that hits a PipelineError records it in the run's storage,
+<run>/train-attempts/<attempt>/rank-<r>.json, and the driver re-raises it. The run's storage,
+not a local folder: in barrier mode the rank runs on another machine than the driver. Each
+`train()` call is a new attempt with a new folder, so an earlier attempt's errors are never
+read; the folder is removed when the attempt ends.
+
+Threads: a barrier-mode rank uses the cores Spark gave its task (spark.task.cpus). The rank
+runs under torchrun in a child process of the task, where TaskContext is not available, so
+the driver passes the number along.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from typing import Any
 
 from spark_jobs.common import errors, storage
@@ -29,11 +37,14 @@ log = logging.getLogger(__name__)
 _TIMED = ("tokens_per_s", "samples_per_s", "train_s")
 
 
-def _rank_main(config_json: str, inputs_json: str, resume: bool, error_path: str) -> dict[str, Any]:
+def _rank_main(
+    config_json: str, inputs_json: str, resume: bool, error_dir: str, task_cpus: int | None
+) -> dict[str, Any]:
     """What each rank runs (under torchrun): join the process group, train, leave."""
     import torch
     import torch.distributed as dist
 
+    from spark_jobs.common import storage
     from spark_jobs.common.config import PipelineConfig
     from spark_jobs.common.errors import PipelineError
     from spark_jobs.common.logs import configure_logging
@@ -47,8 +58,6 @@ def _rank_main(config_json: str, inputs_json: str, resume: bool, error_path: str
     if embeddings_uri:  # read by each rank, which may run on another machine
         from safetensors.torch import load
 
-        from spark_jobs.common import storage
-
         embeddings = load(storage.read_bytes(embeddings_uri))["embeddings"]
     inputs = TrainInputs(embeddings=embeddings, **fields)
 
@@ -56,29 +65,39 @@ def _rank_main(config_json: str, inputs_json: str, resume: bool, error_path: str
     rank, world = dist.get_rank(), dist.get_world_size()
     configure_logging(config.run.id, f"train-rank{rank}", config.run.log_level if rank == 0 else "WARNING")
     try:
-        result = train_in_process(config, inputs, resume, rank=rank, world_size=world)
+        result = train_in_process(config, inputs, resume, rank=rank, world_size=world, task_cpus=task_cpus)
         timed = torch.tensor([float(result[k]) for k in _TIMED], dtype=torch.float64)
         dist.broadcast(timed, src=0)  # every rank returns the same value (the last one wins)
         result.update(zip(_TIMED, timed.tolist(), strict=True))
         return result
     except PipelineError as exc:
-        with open(f"{error_path}.{rank}", "w", encoding="utf-8") as handle:
-            json.dump({"type": type(exc).__name__, "message": str(exc)}, handle)
+        record = {"type": type(exc).__name__, "message": str(exc)}
+        storage.write_text(storage.join(error_dir, f"rank-{rank}.json"), json.dumps(record))
         raise
     finally:
         dist.destroy_process_group()
 
 
-def _rank_error(error_path: str, world: int) -> errors.PipelineError | None:
-    """The PipelineError a rank recorded before torchrun failed, if any."""
-    for rank in range(world):
-        path = f"{error_path}.{rank}"
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as handle:
-                record = json.load(handle)
-            error_class = getattr(errors, record["type"], errors.TrainingError)
-            return error_class(record["message"])
-    return None
+def _rank_error(error_dir: str) -> errors.PipelineError | None:
+    """The PipelineError the lowest rank recorded before torchrun failed, if any."""
+    names = [n for n in storage.list_dir(error_dir) if n.startswith("rank-") and n.endswith(".json")]
+    if not names:
+        return None
+    first = min(names, key=lambda n: int(n[len("rank-") : -len(".json")]))
+    record = json.loads(storage.read_text(storage.join(error_dir, first)))
+    error_class = getattr(errors, record["type"], errors.TrainingError)
+    return error_class(record["message"])
+
+
+def _remove_attempt(attempts_dir: str, error_dir: str) -> None:
+    """Remove this attempt's folder, and train-attempts/ once empty; a failure here only warns,
+    so that it never hides the training's own outcome."""
+    try:
+        storage.delete(error_dir)
+        if not storage.list_dir(attempts_dir):
+            storage.delete(attempts_dir)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", error_dir, exc)
 
 
 def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainResult:
@@ -94,12 +113,13 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
         if inputs.embeddings is not None
         else None
     )
-    error_path = os.path.join(inputs.scratch_dir, "rank-error.json")
-    for rank in range(cfg.num_workers):
-        if os.path.exists(f"{error_path}.{rank}"):
-            os.remove(f"{error_path}.{rank}")
-
+    # A fresh folder per attempt: an earlier attempt's rank errors are never read.
+    attempts_dir = storage.join(inputs.run_uri, "train-attempts")
+    error_dir = storage.join(attempts_dir, uuid.uuid4().hex[:12])
+    # Barrier tasks get spark.task.cpus cores each; torchrun on the driver shares its cores.
     spark = get_spark(config, "train")  # TorchDistributor uses the active session
+    task_cpus = None if cfg.ddp_local_mode else int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+
     distributor = TorchDistributor(
         num_processes=cfg.num_workers, local_mode=cfg.ddp_local_mode, use_gpu=False
     )
@@ -108,9 +128,11 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
     previous_tmpdir = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = inputs.scratch_dir
     try:
-        result = distributor.run(_rank_main, config.model_dump_json(), json.dumps(fields), resume, error_path)
+        result = distributor.run(
+            _rank_main, config.model_dump_json(), json.dumps(fields), resume, error_dir, task_cpus
+        )
     except Exception:
-        error = _rank_error(error_path, cfg.num_workers)
+        error = _rank_error(error_dir)
         if error is None:
             raise
         raise error from None
@@ -119,4 +141,5 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous_tmpdir
+        _remove_attempt(attempts_dir, error_dir)
     return {**result, "spark_metrics": spark_metrics_or_none(spark)}
