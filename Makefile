@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench airflow clean
+.PHONY: venv run test lint bench airflow emr-box clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 comes from the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -27,6 +27,12 @@ run: $(STAMP)
 # The Airflow UI on http://127.0.0.1:8080 (standalone, SQLite); AIRFLOW_PORT=... to move it.
 airflow: $(STAMP)
 	$(AIRFLOW_ENV) $(BIN)/python -m launchers.standalone
+
+# The EMR DAG with every step really executed: moto (AWS), s3fs (EMRFS), a two-worker Spark
+# standalone cluster (the nodes). Needs s3fs and FUSE. STRATEGY=parameter_averaging for the other.
+STRATEGY ?= ddp
+emr-box: $(STAMP)
+	$(AIRFLOW_ENV) $(BIN)/python -m launchers.emr_box --strategy $(STRATEGY)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -127,9 +127,13 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
     # torchrun leaves torchelastic_* folders in TMPDIR: keep them in the run's scratch dir.
     previous_tmpdir = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = inputs.scratch_dir
+    # Ranks always resume from the newest checkpoint, if any: when Spark re-runs the barrier
+    # stage after losing an executor, the new ranks continue where the last checkpoint left
+    # off instead of starting over (before the first checkpoint, resuming is starting).
+    del resume
     try:
         result = distributor.run(
-            _rank_main, config.model_dump_json(), json.dumps(fields), resume, error_dir, task_cpus
+            _rank_main, config.model_dump_json(), json.dumps(fields), True, error_dir, task_cpus
         )
     except Exception:
         error = _rank_error(error_dir)

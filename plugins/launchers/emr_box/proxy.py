@@ -1,0 +1,104 @@
+"""A TCP forwarder between Airflow and the emulated AWS API that can go dark for a while.
+
+`outage(seconds)` closes the listening socket and drops open connections, so Airflow's calls
+get "connection refused", then listens again on the same port: an EMR API outage as Airflow
+sees it, while the cluster (the step runner and the nodes' S3 traffic) carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+
+class OutageProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    def __enter__(self) -> OutageProxy:
+        self._listen()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._go_dark()
+
+    def _listen(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by an outage or at exit
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with self._lock:
+                    self._connections.discard(sock)
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def _go_dark(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            connections, self._connections = list(self._connections), set()
+        for sock in connections:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+
+    def outage(self, seconds: float) -> None:
+        """Refuse every connection for `seconds` (blocks), then serve again on the same port."""
+        log.warning("emr box: AWS API unreachable from Airflow for %.0f s", seconds)
+        self._go_dark()
+        time.sleep(seconds)
+        if not self._closed.is_set():
+            self._listen()
+            log.warning("emr box: AWS API reachable again")
+
+    def outage_in_background(self, seconds: float, after: float = 0.0) -> threading.Thread:
+        def run() -> None:
+            time.sleep(after)
+            self.outage(seconds)
+
+        thread = threading.Thread(target=run, name="emr-box-outage", daemon=True)
+        thread.start()
+        return thread
