@@ -23,6 +23,7 @@ class OutageProxy:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self.outages = 0  # how many outages were served (tests check one really happened)
 
     def __enter__(self) -> OutageProxy:
         self._listen()
@@ -89,6 +90,7 @@ class OutageProxy:
         """Refuse every connection for `seconds` (blocks), then serve again on the same port."""
         log.warning("emr box: AWS API unreachable from Airflow for %.0f s", seconds)
         self._go_dark()
+        self.outages += 1
         time.sleep(seconds)
         if not self._closed.is_set():
             self._listen()

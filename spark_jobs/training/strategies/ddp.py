@@ -12,6 +12,11 @@ not a local folder: in barrier mode the rank runs on another machine than the dr
 `train()` call is a new attempt with a new folder, so an earlier attempt's errors are never
 read; the folder is removed when the attempt ends.
 
+A lost executor (a node gone, a process killed) fails the whole barrier stage: Spark never
+re-runs a barrier result stage. The driver then runs the ranks again, up to `MAX_ATTEMPTS`
+times, and they resume from the newest checkpoint in the run's storage; an error a rank
+raised itself (bad input, a bug) is not retried, it would fail the same way again.
+
 Threads: a barrier-mode rank uses the cores Spark gave its task (spark.task.cpus). The rank
 runs under torchrun in a child process of the task, where TaskContext is not available, so
 the driver passes the number along.
@@ -32,6 +37,10 @@ from spark_jobs.reporting.spark_metrics import spark_metrics_or_none
 from spark_jobs.training.inputs import TrainInputs, TrainResult
 
 log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+# How Spark reports a barrier stage that lost an executor (and only that is worth retrying).
+_LOST_EXECUTOR = ("ExecutorLostFailure", "executor lost", "Executor heartbeat timed out")
 
 # The figures that depend on a rank's own clock: rank 0's are returned by every rank.
 _TIMED = ("tokens_per_s", "samples_per_s", "train_s")
@@ -100,9 +109,30 @@ def _remove_attempt(attempts_dir: str, error_dir: str) -> None:
         log.warning("could not remove %s: %s", error_dir, exc)
 
 
+def _run_ranks(
+    distributor: Any, config: PipelineConfig, fields: dict[str, Any], attempts_dir: str, task_cpus: int | None
+) -> dict[str, Any]:
+    """One attempt: every rank trains (resuming from the newest checkpoint, if any) to the end."""
+    # A fresh folder per attempt: an earlier attempt's rank errors are never read.
+    error_dir = storage.join(attempts_dir, uuid.uuid4().hex[:12])
+    try:
+        # Ranks always resume: before the first checkpoint, resuming is starting.
+        return distributor.run(
+            _rank_main, config.model_dump_json(), json.dumps(fields), True, error_dir, task_cpus
+        )
+    except Exception:
+        error = _rank_error(error_dir)
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        _remove_attempt(attempts_dir, error_dir)
+
+
 def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainResult:
     from pyspark.ml.torch.distributor import TorchDistributor
 
+    del resume  # the ranks always resume from the newest checkpoint, if any (see _run_ranks)
     cfg = config.training
     os.makedirs(inputs.scratch_dir, exist_ok=True)
     if config.spark.master.startswith("local"):
@@ -113,9 +143,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
         if inputs.embeddings is not None
         else None
     )
-    # A fresh folder per attempt: an earlier attempt's rank errors are never read.
     attempts_dir = storage.join(inputs.run_uri, "train-attempts")
-    error_dir = storage.join(attempts_dir, uuid.uuid4().hex[:12])
     # Barrier tasks get spark.task.cpus cores each; torchrun on the driver shares its cores.
     spark = get_spark(config, "train")  # TorchDistributor uses the active session
     task_cpus = None if cfg.ddp_local_mode else int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
@@ -127,23 +155,24 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
     # torchrun leaves torchelastic_* folders in TMPDIR: keep them in the run's scratch dir.
     previous_tmpdir = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = inputs.scratch_dir
-    # Ranks always resume from the newest checkpoint, if any: when Spark re-runs the barrier
-    # stage after losing an executor, the new ranks continue where the last checkpoint left
-    # off instead of starting over (before the first checkpoint, resuming is starting).
-    del resume
     try:
-        result = distributor.run(
-            _rank_main, config.model_dump_json(), json.dumps(fields), True, error_dir, task_cpus
-        )
-    except Exception:
-        error = _rank_error(error_dir)
-        if error is None:
-            raise
-        raise error from None
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                result = _run_ranks(distributor, config, fields, attempts_dir, task_cpus)
+                break
+            except errors.PipelineError:
+                raise
+            except Exception as exc:
+                if attempt == MAX_ATTEMPTS or not any(sign in str(exc) for sign in _LOST_EXECUTOR):
+                    raise
+                log.warning(
+                    "ddp attempt %d/%d lost an executor; running the ranks again from the newest checkpoint",
+                    attempt,
+                    MAX_ATTEMPTS,
+                )
     finally:
         if previous_tmpdir is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous_tmpdir
-        _remove_attempt(attempts_dir, error_dir)
     return {**result, "spark_metrics": spark_metrics_or_none(spark)}
