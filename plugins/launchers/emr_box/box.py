@@ -273,7 +273,7 @@ class EmrBox:
             val_bpc = summary.get("val_bits_per_char")
         with contextlib.suppress(Exception):
             spark = json.loads(self.get_uri(f"s3://{BUCKET}/{run_prefix}metrics/spark.json"))
-            executors = sum(1 for e in spark.get("executors", []) if e.get("id") != "driver")
+            executors = sum(1 for e in spark["executors"] if e.get("id") != "driver" and e.get("is_active"))
         return {
             "cluster_state": cluster.get("Status", {}).get("State"),
             "steps": {s["Name"].split(" [", 1)[0]: s["Status"]["State"] for s in reversed(steps)},
