@@ -7,9 +7,11 @@ and create the cluster · BODY add the pipeline's steps (`command-runner.jar spa
 if it beats the champion · TEARDOWN terminate the cluster as soon as the steps are over,
 whatever happened (collect and promote need only S3).
 
-A failed step fails the run (its FailureDetails and log file are in the sensor's log) and the
-cluster is still terminated; EMR's idle auto-termination is the second guard. Settings (cluster,
-roles, waiter delays, schedule) come from `configs/emr.yaml`; the form's Params override them per run.
+A failed step fails the run at once (its FailureDetails and log file are in the sensor's log)
+and the cluster is still terminated; EMR's idle auto-termination is the second guard. An EMR API
+outage does not: the step sensors (deferred to the triggerer by default) ask again until their
+timeout. Every AWS call is made in `emr.region`. Settings (cluster, roles, waiter delays,
+schedule) come from `configs/emr.yaml`; the form's Params override them per run.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
-from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, chain, task
+from airflow.sdk.exceptions import AirflowFailException
 from llm_decoder_airflow import emr, tasks
-from llm_decoder_airflow.operators import EmrCreateClusterOperator
+from llm_decoder_airflow.operators import EmrCreateClusterOperator, EmrStepWatcher
 from llm_decoder_airflow.params import emr_params
 from llm_decoder_airflow.pipeline import run_config
 from llm_decoder_airflow.settings import load_emr_config
 
+from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.common.pipeline import STEPS
 
 PIPELINE_RAW, SETTINGS = load_emr_config()
 AIRFLOW = SETTINGS.airflow
+# Every AWS call of this DAG goes to the cluster's region, whatever the connection says.
+REGION = SETTINGS.emr.region
 # An update to the corpus (by a producer DAG or the REST API) can start a retraining.
 CORPUS = Asset(
     name="llm_decoder_corpus", uri=run_config(PIPELINE_RAW, [], "configs/emr.yaml").data.corpus_path
@@ -43,8 +48,14 @@ elif AIRFLOW.schedule:
 else:
     schedule = [CORPUS] if AIRFLOW.trigger_on_corpus_update else None
 
-# Only idempotent tasks retry: creating a cluster twice would leave one running.
-RETRIES = {"retries": AIRFLOW.retries, "retry_delay": timedelta(seconds=AIRFLOW.retry_delay_s)}
+# Only idempotent tasks retry: creating a cluster twice would leave one running. Waits double
+# (an API outage or throttling passes), up to max_retry_delay_s.
+RETRIES = {
+    "retries": AIRFLOW.retries,
+    "retry_delay": timedelta(seconds=AIRFLOW.retry_delay_s),
+    "retry_exponential_backoff": 2.0,  # Airflow 3 takes the multiplier: each wait doubles
+    "max_retry_delay": timedelta(seconds=AIRFLOW.max_retry_delay_s),
+}
 
 with DAG(
     dag_id="llm_decoder_emr",
@@ -61,7 +72,10 @@ with DAG(
     @task(multiple_outputs=True, **RETRIES)
     def stage(params: dict | None = None, run_id: str | None = None) -> dict:
         """Validate the run's config, upload code + config + bootstrap script, build the requests."""
-        return tasks.stage_emr_run(PIPELINE_RAW, SETTINGS, params, run_id)
+        try:
+            return tasks.stage_emr_run(PIPELINE_RAW, SETTINGS, params, run_id)
+        except (ConfigError, InputError) as error:
+            raise AirflowFailException(str(error)) from None  # a retry cannot fix the input
 
     staged = stage()
 
@@ -69,6 +83,7 @@ with DAG(
         task_id="create_cluster",
         job_flow_overrides=staged["job_flow"],
         aws_conn_id=AIRFLOW.aws_conn_id,
+        region_name=REGION,
         emr_conn_id=AIRFLOW.emr_conn_id,
         wait_for_completion=True,
         waiter_delay=AIRFLOW.cluster_waiter_delay_s,
@@ -79,22 +94,25 @@ with DAG(
     @task(multiple_outputs=True, **RETRIES)
     def add_steps(job_flow_id: str, specs: list) -> dict:
         """Add the run's steps the cluster does not have yet (a retry never duplicates them)."""
-        return emr.add_missing_steps(job_flow_id, specs, AIRFLOW.aws_conn_id)
+        return emr.add_missing_steps(job_flow_id, specs, AIRFLOW.aws_conn_id, REGION)
 
     step_ids = add_steps(create_cluster.output, staged["steps"])
 
-    # A FAILED step is final: its sensor fails at once, without retries.
+    # A FAILED step is final: its sensor fails at once, without retries. An unreachable or busy
+    # EMR API is not: the sensor asks again until step_timeout_s (and then the task retries).
     watch_steps = [
-        EmrStepSensor(
+        EmrStepWatcher(
             task_id=f"watch_{step.name}",
             doc_md=step.description,
             job_flow_id=create_cluster.output,
             step_id=step_ids[step.name],
             aws_conn_id=AIRFLOW.aws_conn_id,
+            region_name=REGION,
             poke_interval=AIRFLOW.step_poke_interval_s,
             timeout=AIRFLOW.step_timeout_s,
             mode="poke",
-            deferrable=False,
+            deferrable=AIRFLOW.deferrable_sensors,
+            **RETRIES,
         )
         for step in STEPS
     ]
@@ -107,12 +125,12 @@ with DAG(
             "airflow_run_id": context["run_id"],
             "cluster": job_flow_id,
         }
-        return tasks.collect_metrics(root, pipeline_run_id, AIRFLOW.aws_conn_id, pipeline)
+        return tasks.collect_metrics(root, pipeline_run_id, AIRFLOW.aws_conn_id, pipeline, REGION)
 
     @task(**RETRIES)
     def promote_model(root: str, summary: dict) -> dict:
         """Point <root>/models/champion.json at this run if it beats the champion, like for like."""
-        return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id)
+        return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id, REGION)
 
     summary = collect_metrics(staged["root"], staged["run_id"], create_cluster.output)
     promoted = promote_model(staged["root"], summary)
@@ -121,6 +139,7 @@ with DAG(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
         aws_conn_id=AIRFLOW.aws_conn_id,
+        region_name=REGION,
         deferrable=False,
         **RETRIES,
     )

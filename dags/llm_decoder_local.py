@@ -39,7 +39,7 @@ with DAG(
     @task(multiple_outputs=True)
     def prepare(params: dict | None = None, run_id: str | None = None) -> dict:
         """Validate the run's config and write it to <root>/runs/<run_id>/code/config.yaml."""
-        return tasks.prepare_local_run(PIPELINE_RAW, params, run_id)
+        return tasks.prepare_local_run(PIPELINE_RAW, params, run_id, AIRFLOW.local_master)
 
     prepared = prepare()
 

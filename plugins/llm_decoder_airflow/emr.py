@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_decoder_airflow.files import join
-from llm_decoder_airflow.pipeline import spark_submit_args
+from llm_decoder_airflow.pipeline import spark_submit_args, step_spark_options
 from llm_decoder_airflow.settings import EmrSettings
 from llm_decoder_airflow.staging import (
     BOOTSTRAP_SCRIPT,
@@ -22,6 +22,7 @@ from llm_decoder_airflow.staging import (
     REQUIREMENTS,
     staged_script,
 )
+from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.pipeline import STEPS, Step
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ NODE_VENV = "/opt/llm-decoder/venv"
 NODE_PYTHON = f"{NODE_VENV}/bin/python"
 # A failed step cancels the ones after it and leaves the cluster to the teardown task.
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
+# Where the AWS SDKs (boto3, pyarrow's S3, the AWS CLI) look for the region.
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def settings_for_run(emr: EmrSettings, params: Mapping[str, Any]) -> EmrSettings:
@@ -104,16 +107,22 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
     if emr.ec2_key_name:
         instances["Ec2KeyName"] = emr.ec2_key_name
 
+    # Executor and driver sizes are not cluster defaults: each step passes the run's spark section
+    # to spark-submit (pipeline.step_spark_options). What is here holds for every step.
     spark_defaults = {
         "spark.serializer": "org.apache.spark.serializer.KryoSerializer",
-        "spark.executor.memory": emr.executor_memory,
-        "spark.driver.memory": emr.driver_memory,
-        "spark.executor.cores": str(emr.executor_cores),
         "spark.pyspark.python": NODE_PYTHON,
         "spark.pyspark.driver.python": NODE_PYTHON,
         "spark.yarn.appMasterEnv.PYSPARK_PYTHON": NODE_PYTHON,
         "spark.executorEnv.PYSPARK_PYTHON": NODE_PYTHON,
     }
+    # A YARN container has no AWS region of its own (the instance profile gives credentials, not
+    # a region): the steps' S3 clients (boto3, pyarrow) would otherwise fall back to us-east-1.
+    for variable in REGION_VARIABLES:
+        spark_defaults[f"spark.yarn.appMasterEnv.{variable}"] = emr.region
+        spark_defaults[f"spark.executorEnv.{variable}"] = emr.region
+    node_env = {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON}
+    node_env.update(dict.fromkeys(REGION_VARIABLES, emr.region))
     spec: dict[str, Any] = {
         "Name": f"llm-decoder-{run_id}",
         "ReleaseLabel": emr.release_label,
@@ -144,7 +153,7 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
                 "Configurations": [
                     {
                         "Classification": "export",
-                        "Properties": {"PYSPARK_PYTHON": NODE_PYTHON, "PYSPARK_DRIVER_PYTHON": NODE_PYTHON},
+                        "Properties": node_env,
                     }
                 ],
             },
@@ -172,14 +181,14 @@ def emr_submit_options(code: str) -> list[str]:
     return ["--deploy-mode", "cluster", "--py-files", join(code, CODE_ARCHIVE)]
 
 
-def step_specs(run_id: str, code: str) -> list[dict[str, Any]]:
-    """The add_job_flow_steps requests, in pipeline order."""
+def step_specs(run_id: str, code: str, config: PipelineConfig) -> list[dict[str, Any]]:
+    """The add_job_flow_steps requests of a run (its validated config), in pipeline order."""
     specs = []
     for step in STEPS:
         args = spark_submit_args(
-            step,
             script=join(code, staged_script(step)),
             config_uri=join(code, CONFIG_FILE),
+            spark_options=step_spark_options(step, config, executors=True),
             submit_options=emr_submit_options(code),
         )
         specs.append(
@@ -192,11 +201,13 @@ def step_specs(run_id: str, code: str) -> list[dict[str, Any]]:
     return specs
 
 
-def add_missing_steps(job_flow_id: str, specs: Sequence[Mapping[str, Any]], aws_conn_id: str | None) -> dict:
+def add_missing_steps(
+    job_flow_id: str, specs: Sequence[Mapping[str, Any]], aws_conn_id: str | None, region: str
+) -> dict:
     """Add the steps the cluster lacks (matched by name); return {step name: step id} in order."""
     from airflow.providers.amazon.aws.hooks.emr import EmrHook
 
-    hook = EmrHook(aws_conn_id=aws_conn_id)
+    hook = EmrHook(aws_conn_id=aws_conn_id, region_name=region)
     existing: dict[str, str] = {}
     for page in hook.conn.get_paginator("list_steps").paginate(ClusterId=job_flow_id):
         for summary in page["Steps"]:

@@ -1,7 +1,8 @@
 """Reading and writing a run's small files (JSON, Markdown, code) on S3 or a local disk.
 
 S3 goes through the amazon provider's S3Hook, so the Airflow connection (credentials,
-region, endpoint) decides where; local paths are plain files. The run layout mirrors
+endpoint) decides how, and the region is the caller's (the EMR DAG's emr.region) or else the
+connection's; local paths are plain files. The run layout mirrors
 spark_jobs.common.storage, which this module does not import: pyarrow pulls in numpy, and the DAG
 files must parse without it.
 """
@@ -39,10 +40,13 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 
 class FileStore:
-    """Small-file access by URI (read, write, exists): S3 through S3Hook(aws_conn_id), else the local disk."""
+    """Small-file access by URI (read, write, exists): S3 through S3Hook(aws_conn_id), else the local disk.
 
-    def __init__(self, aws_conn_id: str | None = "aws_default") -> None:
+    `region_name`: the bucket's region (the EMR DAG's emr.region); None: the connection's."""
+
+    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
         self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
         self._hook = None
 
     @property
@@ -50,7 +54,7 @@ class FileStore:
         if self._hook is None:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-            self._hook = S3Hook(aws_conn_id=self.aws_conn_id)
+            self._hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
         return self._hook
 
     def exists(self, uri: str) -> bool:

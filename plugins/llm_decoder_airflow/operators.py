@@ -1,16 +1,76 @@
-"""The provider's create-cluster operator, plus the one thing it does not say: why a cluster died.
+"""The provider's EMR operators, plus what they do not do for this DAG.
 
-A cluster that fails to start (a failing bootstrap action, a bad role or subnet) ends in
-TERMINATED_WITH_ERRORS; the waiter only reports the state. This logs EMR's own reason and the
-log location before failing, so the task log alone explains the failure.
+`EmrCreateClusterOperator`: a cluster that fails to start (a failing bootstrap action, a bad role
+or subnet) ends in TERMINATED_WITH_ERRORS; the waiter only reports the state. This logs EMR's
+own reason and the log location before failing, so the task log alone explains the failure.
+
+`EmrStepWatcher`: the provider's EmrStepSensor fails as soon as one DescribeStep call fails,
+after botocore's few seconds of retries. An EMR API outage (or throttling) longer than that
+would fail the sensor, and the teardown would then terminate a cluster in the middle of
+training. The watcher tells the two kinds of failure apart:
+
+- the API cannot be reached, or answers throttling / 5xx: the step's state is unknown, so it
+  logs a warning and looks again after `poke_interval`, until the sensor's `timeout`;
+- the step is FAILED, CANCELLED or INTERRUPTED: the task fails at once, without retries
+  (AirflowFailException; a retry cannot bring the step back), with EMR's FailureDetails.
+
+With `deferrable=True` it waits on the triggerer (`StepStateTrigger`, which does the same) and
+holds no worker slot while a step runs for hours. Anything else (an unexpected error, a lost
+worker or triggerer) fails the try, and the task's own retries take over.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
-from botocore.exceptions import WaiterError
+from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from botocore.exceptions import ClientError, HTTPClientError, WaiterError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+FAILED_STATES = ("FAILED", "CANCELLED", "INTERRUPTED")
+TIMED_OUT = "TIMED_OUT"  # the trigger's event when the sensor's timeout passed first
+# Error codes that say "busy, ask again", not "wrong request".
+TRANSIENT_ERROR_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServerException",
+    }
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """An error that says nothing about the step: the API was unreachable, busy or broken."""
+    if isinstance(error, BotocoreConnectionError | HTTPClientError):
+        return True  # refused, reset, timed out (botocore has already retried it)
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_ERROR_CODES or status >= 500
+    return False
+
+
+def failure_message(step_id: str, state: str, details: dict[str, Any] | None) -> str:
+    details = details or {}
+    return (
+        f"EMR step {step_id} {state}: {details.get('Reason', 'no reason given')}: "
+        f"{details.get('Message', 'no message')} (log: {details.get('LogFile', 'none')})"
+    )
 
 
 class EmrCreateClusterOperator(EmrCreateJobFlowOperator):
@@ -31,3 +91,132 @@ class EmrCreateClusterOperator(EmrCreateJobFlowOperator):
                     cluster.get("LogUri"),
                 )
             raise
+
+
+class StepStateTrigger(BaseTrigger):
+    """Polls DescribeStep on the triggerer until the step ends or `deadline` (epoch seconds) passes.
+
+    The provider's EmrStepSensorTrigger ends at the first connection error; this one treats a
+    transient error as "state unknown" and polls again.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_flow_id: str,
+        step_id: str,
+        poke_interval: float,
+        deadline: float,
+        aws_conn_id: str | None,
+        region_name: str | None,
+    ) -> None:
+        super().__init__()
+        self.job_flow_id = job_flow_id
+        self.step_id = step_id
+        self.poke_interval = poke_interval
+        self.deadline = deadline
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.{type(self).__name__}",
+            {
+                "job_flow_id": self.job_flow_id,
+                "step_id": self.step_id,
+                "poke_interval": self.poke_interval,
+                "deadline": self.deadline,
+                "aws_conn_id": self.aws_conn_id,
+                "region_name": self.region_name,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+        hook = EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        state = "unknown"
+        async with await hook.get_async_conn() as client:
+            while True:
+                try:
+                    response = await client.describe_step(ClusterId=self.job_flow_id, StepId=self.step_id)
+                except Exception as error:
+                    if not is_transient(error):
+                        raise
+                    self.log.warning(
+                        "EMR API not answering (%s: %s): step %s state unknown, asking again in %s s",
+                        type(error).__name__,
+                        error,
+                        self.step_id,
+                        self.poke_interval,
+                    )
+                else:
+                    status = response["Step"]["Status"]
+                    state = status["State"]
+                    if state == "COMPLETED" or state in FAILED_STATES:
+                        yield TriggerEvent({"state": state, "failure_details": status.get("FailureDetails")})
+                        return
+                    self.log.info("step %s: %s", self.step_id, state)
+                if time.time() >= self.deadline:
+                    yield TriggerEvent({"state": TIMED_OUT, "last_state": state})
+                    return
+                await asyncio.sleep(self.poke_interval)
+
+
+class EmrStepWatcher(EmrStepSensor):
+    """EmrStepSensor that outlasts an EMR API outage and fails for good on a failed step."""
+
+    def poke(self, context: Any) -> bool:
+        try:
+            response = self.get_emr_response(context)
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            self.log.warning(
+                "EMR API not answering (%s: %s): step %s state unknown, asking again in %s s",
+                type(error).__name__,
+                error,
+                self.step_id,
+                self.poke_interval,
+            )
+            return False
+        status = response["Step"]["Status"]
+        return self._done(status["State"], status.get("FailureDetails"))
+
+    def _done(self, state: str, failure_details: dict[str, Any] | None) -> bool:
+        """True once the step COMPLETED; a failed step fails the task without retries."""
+        if state in FAILED_STATES:
+            message = failure_message(self.step_id, state, failure_details)
+            self.log.error("%s", message)
+            raise AirflowFailException(message)
+        self.log.info("step %s: %s", self.step_id, state)
+        return state == "COMPLETED"
+
+    def execute(self, context: Any) -> None:
+        if not self.deferrable:
+            return super().execute(context)  # poke on the worker (BaseSensorOperator's loop)
+        if self.poke(context):
+            return None
+        trigger = StepStateTrigger(
+            job_flow_id=self.job_flow_id,
+            step_id=self.step_id,
+            poke_interval=self.poke_interval,
+            # The trigger ends itself at the sensor's timeout (dag.test() runs triggers inline
+            # and enforces no deferral timeout); the deferral's timeout is the backstop.
+            deadline=time.time() + self.timeout,
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+        )
+        backstop = timedelta(seconds=self.timeout + 3 * self.poke_interval)
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=backstop)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
+        event = event or {}
+        state = event.get("state", "no event")
+        if state == TIMED_OUT:
+            raise AirflowSensorTimeout(
+                f"EMR step {self.step_id} still {event.get('last_state')} after the sensor's "
+                f"timeout of {self.timeout:.0f} s"
+            )
+        if not self._done(state, event.get("failure_details")):
+            raise AirflowException(f"EMR step {self.step_id}: the trigger ended in state {state}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from llm_decoder_airflow.capacity import trains_on_executors
 from llm_decoder_airflow.files import join, run_dir
 from spark_jobs.common.config import RUN_ID_PATTERN, PipelineConfig, apply_overrides, validate_config
 from spark_jobs.common.pipeline import Step
@@ -89,19 +90,45 @@ def run_config(pipeline_raw: Mapping[str, Any], overrides: Sequence[str], source
     return validate_config(apply_overrides(dict(pipeline_raw), list(overrides)), source=source)
 
 
+def step_spark_options(step: Step, config: PipelineConfig, *, executors: bool) -> list[str]:
+    """The resources and Spark properties of one step of this run, from the run's `spark` section.
+
+    `executors`: the master runs executors (EMR's YARN, a standalone master), so size them; under
+    local[N] there are none. The train step of a strategy that trains on executors asks for one
+    executor per worker, and gives each barrier task all of its executor's cores (so a task is an
+    executor, and torch's threads are its cores); dynamic allocation is off for it (STEPS).
+    """
+    spark = config.spark
+    options = ["--driver-memory", spark.driver_memory]
+    conf = dict(step.spark_conf)
+    if executors:
+        instances = spark.num_executors
+        if step.name == "train" and trains_on_executors(config):
+            instances = config.training.num_workers
+            conf["spark.task.cpus"] = str(spark.executor_cores)
+        options += [
+            "--executor-memory",
+            spark.executor_memory,
+            "--executor-cores",
+            str(spark.executor_cores),
+            "--num-executors",
+            str(instances),
+        ]
+    for key, value in conf.items():
+        options += ["--conf", f"{key}={value}"]
+    return options
+
+
 def spark_submit_args(
-    step: Step,
     *,
     script: str,
     config_uri: str,
+    spark_options: Sequence[str] = (),
     submit_options: Sequence[str] = (),
     spark_submit: str = "spark-submit",
 ) -> list[str]:
     """The full argument list of one step's `spark-submit`: the step reads everything else from its config."""
-    args = [spark_submit, *submit_options]
-    for key, value in step.spark_conf.items():
-        args += ["--conf", f"{key}={value}"]
-    return [*args, script, "--config", config_uri]
+    return [spark_submit, *submit_options, *spark_options, script, "--config", config_uri]
 
 
 def spark_submit_binary() -> str:
@@ -123,13 +150,17 @@ def local_script(step: Step) -> str:
     return str(package_dir() / step.script)
 
 
-def local_submit_options(master: str, driver_memory: str) -> list[str]:
+def has_executors(master: str) -> bool:
+    """Whether executor options apply: yarn, spark://, k8s:// masters; not local[N] (no executors)
+    nor local-cluster[N,cores,memory] (its master string sizes them)."""
+    return not master.startswith("local")
+
+
+def local_submit_options(master: str) -> list[str]:
     # Pin loopback: this machine's hostname may resolve to an interface Spark cannot use.
     return [
         "--master",
         master,
-        "--driver-memory",
-        driver_memory,
         "--conf",
         "spark.driver.host=127.0.0.1",
         "--conf",

@@ -51,9 +51,6 @@ class EmrSettings(_Section):
     idle_timeout_s: int = Field(3600, ge=60, le=604800)
     # The bootstrap action installs the GPU build of torch when true.
     gpu: bool = False
-    executor_memory: str = "4g"
-    driver_memory: str = "4g"
-    executor_cores: int = Field(2, ge=1)
     python_version: str = "3.11"
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -65,13 +62,17 @@ class AirflowSettings(_Section):
     owner: str = "llm-decoder"
     # A cron or preset (e.g. "@weekly"); None: manual triggers and corpus updates only.
     schedule: str | None = None
-    # Retries of the idempotent tasks only (stage, add steps, collect, promote, terminate).
+    # Retries of the idempotent tasks only (stage, add steps, step sensors, collect, promote, terminate).
     retries: int = Field(2, ge=0)
     retry_delay_s: int = Field(60, ge=0)
+    # Retries wait retry_delay_s, then twice as long each time, up to this.
+    max_retry_delay_s: int = Field(600, ge=1)
     cluster_waiter_delay_s: int = Field(60, ge=1)
     cluster_waiter_max_attempts: int = Field(60, ge=1)
     step_poke_interval_s: int = Field(60, ge=1)
     step_timeout_s: int = Field(6 * 3600, ge=1)
+    # Wait for the steps on the triggerer (no worker slot held for hours); false: poke on a worker.
+    deferrable_sensors: bool = True
     # Also start a run when the corpus Asset is updated (a producer DAG or the REST API).
     trigger_on_corpus_update: bool = True
     # Local DAG: the spark-submit master and where runs are written.
@@ -85,10 +86,27 @@ class Settings(_Section):
 
 
 AIRFLOW_SECTIONS = ("emr", "airflow")
+# Keys that left the emr: section: the steps' spark: section sizes driver and executors, once.
+MOVED_KEYS = {
+    "emr.executor_memory": "spark.executor_memory",
+    "emr.executor_cores": "spark.executor_cores",
+    "emr.driver_memory": "spark.driver_memory",
+}
+
+
+def _refuse_moved_keys(raw: dict[str, Any], source: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(
+                f"{source}: {old} has moved to {new} (the run's spark: section sizes the driver "
+                "and executors of every step); move the value there"
+            )
 
 
 def split_config(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], Settings]:
     """Separate the Spark steps' sections from the Airflow-only ones; validate both."""
+    _refuse_moved_keys(raw, source)
     pipeline_raw = {k: v for k, v in raw.items() if k not in AIRFLOW_SECTIONS}
     unknown = sorted(set(pipeline_raw) - set(PipelineConfig.model_fields))
     if unknown:

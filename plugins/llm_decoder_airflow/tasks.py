@@ -15,29 +15,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_decoder_airflow import emr
+from llm_decoder_airflow.capacity import check_training_fits
 from llm_decoder_airflow.collect import collect_run
 from llm_decoder_airflow.files import FileStore, join
 from llm_decoder_airflow.pipeline import (
     code_uri,
     config_overrides,
+    has_executors,
     local_script,
     local_submit_options,
     run_config,
     run_id_from_airflow,
     spark_submit_args,
     spark_submit_binary,
+    step_spark_options,
 )
 from llm_decoder_airflow.promote import promote
 from llm_decoder_airflow.settings import Settings
 from llm_decoder_airflow.staging import CONFIG_FILE, stage_code
 from spark_jobs.common.config import dump_config
 from spark_jobs.common.errors import ConfigError, InputError
-from spark_jobs.common.pipeline import step_by_name
+from spark_jobs.common.pipeline import STEPS, step_by_name
 
 log = logging.getLogger(__name__)
 
 
-def check_aws(aws_conn_id: str | None, bucket: str) -> None:
+def check_aws(aws_conn_id: str | None, bucket: str, region: str | None = None) -> None:
     """Fail early, with one clear line, when the AWS connection or the bucket is missing."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import BaseHook
@@ -50,7 +53,7 @@ def check_aws(aws_conn_id: str | None, bucket: str) -> None:
                 f"AWS connection '{aws_conn_id}' is not defined: create it in the UI or set "
                 f"AIRFLOW_CONN_{aws_conn_id.upper()} (configs/emr.yaml airflow.aws_conn_id)"
             ) from None
-    if not S3Hook(aws_conn_id=aws_conn_id).check_for_bucket(bucket):
+    if not S3Hook(aws_conn_id=aws_conn_id, region_name=region).check_for_bucket(bucket):
         raise InputError(
             f"S3 bucket '{bucket}' does not exist or is not readable with connection '{aws_conn_id}' "
             "(Param bucket / configs/emr.yaml emr.bucket)"
@@ -66,44 +69,48 @@ def stage_emr_run(
     root = emr.run_root(cluster)
     overrides = config_overrides(params, root, run_id)
     config = run_config(pipeline_raw, overrides, source="EMR run config (Params + configs/emr.yaml)")
-    check_aws(settings.airflow.aws_conn_id, cluster.bucket)
+    # Before anything is uploaded or started: a barrier stage the cluster cannot place would
+    # wait, billed, until the step sensor's timeout.
+    check_training_fits(config, cluster)
+    check_aws(settings.airflow.aws_conn_id, cluster.bucket, cluster.region)
 
     code = code_uri(root, run_id)
-    stage_code(FileStore(settings.airflow.aws_conn_id), code, dump_config(config))
+    stage_code(FileStore(settings.airflow.aws_conn_id, cluster.region), code, dump_config(config))
     return {
         "run_id": run_id,
         "root": root,
         "code": code,
         "job_flow": emr.cluster_spec(cluster, run_id, code),
-        "steps": emr.step_specs(run_id, code),
+        "steps": emr.step_specs(run_id, code, config),
     }
 
 
 def prepare_local_run(
-    pipeline_raw: Mapping[str, Any], params: Mapping[str, Any], airflow_run_id: str
+    pipeline_raw: Mapping[str, Any], params: Mapping[str, Any], airflow_run_id: str, master: str
 ) -> dict[str, Any]:
-    """Validate and write the run's config under <root>/runs/<run_id>/code/."""
+    """Validate and write the run's config under <root>/runs/<run_id>/code/; each step's Spark options."""
     run_id = run_id_from_airflow(airflow_run_id)
     root = params["root"]
     overrides = config_overrides(params, root, run_id)
     config = run_config(pipeline_raw, overrides, source="local run config (Params + config)")
     config_uri = join(code_uri(root, run_id), CONFIG_FILE)
     FileStore(aws_conn_id=None).write_text(config_uri, dump_config(config))
+    executors = has_executors(master)
     return {
         "run_id": run_id,
         "root": root,
         "config_uri": config_uri,
-        "driver_memory": config.spark.driver_memory,
+        "spark_options": {step.name: step_spark_options(step, config, executors=executors) for step in STEPS},
     }
 
 
 def local_step_args(step_name: str, prepared: Mapping[str, Any], settings: Settings) -> list[str]:
     step = step_by_name(step_name)
     return spark_submit_args(
-        step,
         script=local_script(step),
         config_uri=prepared["config_uri"],
-        submit_options=local_submit_options(settings.airflow.local_master, prepared["driver_memory"]),
+        spark_options=prepared["spark_options"][step_name],
+        submit_options=local_submit_options(settings.airflow.local_master),
         spark_submit=spark_submit_binary(),
     )
 
@@ -135,10 +142,12 @@ def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settin
 
 
 def collect_metrics(
-    root: str, run_id: str, aws_conn_id: str | None, pipeline: Mapping[str, Any]
+    root: str, run_id: str, aws_conn_id: str | None, pipeline: Mapping[str, Any], region: str | None = None
 ) -> dict[str, Any]:
-    return collect_run(FileStore(aws_conn_id), root, run_id, pipeline)
+    return collect_run(FileStore(aws_conn_id, region), root, run_id, pipeline)
 
 
-def promote_model(root: str, summary: Mapping[str, Any], aws_conn_id: str | None) -> dict[str, Any]:
-    return promote(FileStore(aws_conn_id), root, summary)
+def promote_model(
+    root: str, summary: Mapping[str, Any], aws_conn_id: str | None, region: str | None = None
+) -> dict[str, Any]:
+    return promote(FileStore(aws_conn_id, region), root, summary)

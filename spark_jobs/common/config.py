@@ -36,14 +36,33 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Spark's memory sizes: a number with an optional unit (b, k, m, g, t, p; "kb", "mb", ... too).
+MEMORY_PATTERN = r"^[0-9]+([bkmgtp]|[kmgtp]b)?$"
+
+
 class SparkConfig(_Section):
     master: str = "local[2]"
     app_name: str = "llm-decoder"
     driver_memory: str = "2g"
+    # Executors on a cluster (EMR/YARN): the EMR steps pass these to spark-submit
+    # (--executor-memory, --executor-cores, --num-executors). local[N] has no executors to size.
+    executor_memory: str = "2g"
+    executor_cores: int = Field(1, gt=0)
+    # Executors of each step, except a train step whose workers run on executors (ddp with
+    # ddp_local_mode: false, parameter_averaging): it asks for training.num_workers, one per worker.
+    num_executors: int = Field(2, gt=0)
     # Rows (windows or token segments) per output partition.
     target_partition_size: int = Field(20_000, gt=0)
     # Extra Spark properties, passed through as-is (e.g. spark.sql.shuffle.partitions).
     conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("driver_memory", "executor_memory")
+    @classmethod
+    def _spark_memory_size(cls, value: str) -> str:
+        # Checked here, not by spark-submit on the cluster after minutes of bootstrap.
+        if not re.match(MEMORY_PATTERN, value.lower()):
+            raise ValueError(f"must be a Spark memory size such as 512m or 8g, got {value!r}")
+        return value
 
 
 class ModelConfig(_Section):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
+import socket
 import sys
 import tempfile
 import threading
@@ -20,7 +22,10 @@ LOCAL_ROOT = SCRATCH / "local-root"
 BUCKET = "llm-test-bucket"
 PREFIX = "llm"
 CORPUS_KEY = "data/small.txt"
-REGION = "us-east-1"
+REGION = "us-east-1"  # emr.region: where the DAG's clusters and the harness live
+# The Airflow connection names another region: a call that took the connection's region instead
+# of emr.region would look for the cluster where it is not.
+CONNECTION_REGION = "ap-southeast-2"
 
 
 def corpus_slice() -> str:
@@ -57,8 +62,10 @@ TINY = {
     "data": {"vocab_size": 300, "window_stride": 4},
 }
 FAST_AIRFLOW = {
-    "retries": 0,
+    # One retry: a failed step or a sensor timeout must still fail at once, without it.
+    "retries": 1,
     "retry_delay_s": 1,
+    "max_retry_delay_s": 2,
     "cluster_waiter_delay_s": 1,
     "cluster_waiter_max_attempts": 30,
     "step_poke_interval_s": 1,
@@ -109,14 +116,28 @@ class EmrHarness:
     for `fail_step` (then the later steps CANCELLED, as ActionOnFailure=CANCEL_AND_WAIT does).
 
     On completion of a step it writes a stand-in for that step's metrics into S3, so that
-    collection has something to read.
+    collection has something to read. `hold_step` stays RUNNING until `release()` (forever if
+    never released: a step that hangs). `watched` holds the steps someone asked EMR about
+    (DescribeStep) while they were RUNNING (the conftest fixture records them); with
+    `until_watched`, a step ends only once its sensor has seen it running.
     """
 
-    def __init__(self, s3_client, fail_step: str | None = None, step_seconds: float = 0.3) -> None:
+    def __init__(
+        self,
+        s3_client,
+        fail_step: str | None = None,
+        step_seconds: float = 0.3,
+        hold_step: str | None = None,
+        until_watched: bool = False,
+    ) -> None:
         self.s3 = s3_client
         self.fail_step = fail_step
         self.step_seconds = step_seconds
+        self.hold_step = hold_step
+        self.until_watched = until_watched
         self.completed: list[str] = []
+        self.watched: set[str] = set()
+        self._released = threading.Event()
         self._started: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="emr-harness", daemon=True)
@@ -128,6 +149,17 @@ class EmrHarness:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+    def release(self) -> None:
+        self._released.set()
+
+    def wait_watched(self, step: str, timeout: float) -> None:
+        """Until the step is RUNNING and its sensor has asked EMR about it."""
+        deadline = time.monotonic() + timeout
+        while step not in self.watched:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nobody asked about step {step} while it ran, within {timeout} s")
+            time.sleep(0.05)
 
     def _backend(self):
         from moto.core import DEFAULT_ACCOUNT_ID
@@ -150,13 +182,17 @@ class EmrHarness:
             cluster.state = "WAITING"
             return
         started = self._started.setdefault(active.id, time.monotonic())
+        name = step_base_name(active.name)
         if active.state == "PENDING":
             active.state = "RUNNING"
             active.start()
             return
         if time.monotonic() - started < self.step_seconds:
             return
-        name = step_base_name(active.name)
+        if name == self.hold_step and not self._released.is_set():
+            return
+        if self.until_watched and name not in self.watched:
+            return
         active.end_date_time = utcnow()
         if name == self.fail_step:
             active.failure_details = {
@@ -195,3 +231,94 @@ class EmrHarness:
         elif step == "train":
             summary = {**METRICS_FIXTURE, "run_id": run_id}
             self.s3.put_object(Bucket=bucket, Key=f"{run}/metrics/summary.json", Body=json.dumps(summary))
+
+
+class OutageProxy:
+    """A TCP proxy in front of the moto server that can be taken down, like an EMR API outage.
+
+    `outage(seconds)` closes the listening socket and every open connection (botocore keeps
+    connections alive: closing only the listener would not be noticed), so that connecting is
+    refused; then it listens again on the same port.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self._listener = self._listen(0)
+        self.port = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="outage-proxy", daemon=True)
+
+    @staticmethod
+    def _listen(port: int) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        return listener
+
+    def __enter__(self) -> OutageProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._close_all()
+
+    def outage(self, seconds: float) -> None:
+        """Refuse connections for `seconds` (blocks), then serve again."""
+        self._close_all()
+        time.sleep(seconds)
+        self._listener = self._listen(self.port)
+
+    def _close_all(self) -> None:
+        with self._lock:
+            for sock in (self._listener, *self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() or select()
+                except OSError:
+                    pass
+                sock.close()
+            self._open.clear()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                time.sleep(0.05)  # closed: an outage
+                continue
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        """Copy bytes both ways until either side closes (or the outage closes both)."""
+        selector = selectors.DefaultSelector()
+        selector.register(client, selectors.EVENT_READ, upstream)
+        selector.register(upstream, selectors.EVENT_READ, client)
+        try:
+            while True:
+                for key, _ in selector.select(timeout=1):
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except (OSError, ValueError):
+            return  # closed by the outage
+        finally:
+            selector.close()
+            with self._lock:
+                for sock in (client, upstream):
+                    self._open.discard(sock)
+                    sock.close()

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from airflow_testing import (  # noqa: E402
     BIN,
     BUCKET,
+    CONNECTION_REGION,
     CORPUS_KEY,
     FAST_AIRFLOW,
     LOCAL_ROOT,
@@ -35,6 +36,7 @@ from airflow_testing import (  # noqa: E402
     EmrHarness,
     corpus_slice,
     fresh_dag,
+    step_base_name,
 )
 
 
@@ -44,7 +46,7 @@ def _write_configs() -> None:
         emr[section].update(values)
     emr["training"]["ddp_local_mode"] = True
     emr["data"]["corpus_path"] = f"s3://{BUCKET}/{CORPUS_KEY}"
-    emr["emr"].update({"bucket": BUCKET, "prefix": PREFIX})
+    emr["emr"].update({"bucket": BUCKET, "prefix": PREFIX, "region": REGION})
     emr["airflow"].update(FAST_AIRFLOW)
     (SCRATCH / "emr.yaml").write_text(yaml.safe_dump(emr, sort_keys=False))
 
@@ -78,6 +80,33 @@ def dagbag(airflow_db):
     return DagBag(dag_folder=str(REPO / "dags"))
 
 
+def aws_connection(endpoint: str) -> str:
+    """Airflow's aws_default connection (as AIRFLOW_CONN_AWS_DEFAULT) to an endpoint; its region
+    is not the DAG's emr.region, which every call of the EMR DAG must use instead."""
+    extra = {"region_name": CONNECTION_REGION, "endpoint_url": endpoint}
+    return json.dumps({"conn_type": "aws", "login": "test", "password": "test", "extra": extra})
+
+
+def write_emr_config(name: str, **airflow) -> Path:
+    """A variant of the tests' EMR config with other `airflow:` settings; returns its path."""
+    config = yaml.safe_load((SCRATCH / "emr.yaml").read_text())
+    config["airflow"].update(airflow)
+    path = SCRATCH / f"emr-{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def emr_settings(monkeypatch) -> Callable[..., None]:
+    """emr_settings(step_timeout_s=3, ...): the next fresh_dag("llm_decoder_emr") parses with these."""
+
+    def use(**airflow) -> None:
+        name = "-".join(f"{k}-{v}" for k, v in sorted(airflow.items()))
+        monkeypatch.setenv("LLM_DECODER_EMR_CONFIG", str(write_emr_config(name, **airflow)))
+
+    return use
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on loopback; Airflow's aws_default connection and boto3 point at it."""
@@ -87,18 +116,12 @@ def moto_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    connection = {
-        "conn_type": "aws",
-        "login": "test",
-        "password": "test",
-        "extra": {"region_name": REGION, "endpoint_url": endpoint},
-    }
     os.environ.update(
         {
-            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection(endpoint),
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": REGION,
+            "AWS_DEFAULT_REGION": CONNECTION_REGION,
         }
     )
     yield endpoint
@@ -142,7 +165,26 @@ def emr_moto(monkeypatch, s3):
 
 @pytest.fixture
 def harness(emr_moto, s3) -> Callable[..., EmrHarness]:
-    return lambda **kwargs: EmrHarness(s3, **kwargs)
+    """harness(**kwargs): an EmrHarness that also learns which running steps were asked about."""
+    from moto.emr.models import ElasticMapReduceBackend
+
+    made: list[EmrHarness] = []
+    plain_describe = ElasticMapReduceBackend.describe_step
+
+    def describe_step(self, cluster_id: str, step_id: str):
+        step = plain_describe(self, cluster_id, step_id)
+        if step is not None and step.state == "RUNNING":
+            for each in made:
+                each.watched.add(step_base_name(step.name))
+        return step
+
+    emr_moto.setattr(ElasticMapReduceBackend, "describe_step", describe_step)
+
+    def make(**kwargs) -> EmrHarness:
+        made.append(EmrHarness(s3, **kwargs))
+        return made[-1]
+
+    return make
 
 
 def task_states(dag_id: str, run_id: str) -> dict[str, str]:

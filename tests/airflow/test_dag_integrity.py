@@ -76,10 +76,18 @@ def test_emr_params_have_bounds(dagbag):
 
 
 def test_only_idempotent_tasks_retry(dagbag):
+    from airflow_testing import FAST_AIRFLOW
+
     dag = dagbag.get_dag("llm_decoder_emr")
     assert dag.get_task("create_cluster").retries == 0  # a retry would start a second cluster
+    for task_id in ("stage", "add_steps", "collect_metrics", "promote_model", "terminate_cluster"):
+        assert dag.get_task(task_id).retries == FAST_AIRFLOW["retries"] > 0, task_id
     for step in ("preprocess", "window", "train"):
-        assert dag.get_task(f"watch_{step}").retries == 0
+        # watching is idempotent: a lost worker or triggerer retries, waiting longer each time
+        sensor = dag.get_task(f"watch_{step}")
+        assert sensor.retries == FAST_AIRFLOW["retries"] and sensor.retry_exponential_backoff == 2.0
+        assert sensor.max_retry_delay.total_seconds() == FAST_AIRFLOW["max_retry_delay_s"]
+        assert sensor.deferrable  # airflow.deferrable_sensors defaults to true
     teardown = dag.get_task("terminate_cluster")
     assert teardown.is_teardown and teardown.on_failure_fail_dagrun
     assert dag.get_task("create_cluster").task_id in {t.task_id for t in teardown.upstream_list}
@@ -110,3 +118,12 @@ def test_parsing_imports_no_heavy_modules_and_is_fast():
     assert set(result["dags"]) >= DAG_IDS
     assert result["heavy"] == []
     assert result["parse_s"] < 30
+
+
+def test_every_aws_call_of_the_emr_dag_uses_emr_region(dagbag):
+    from airflow_testing import CONNECTION_REGION, REGION
+
+    assert REGION != CONNECTION_REGION  # the tests' connection names another region on purpose
+    dag = dagbag.get_dag("llm_decoder_emr")
+    for task_id in ("create_cluster", "watch_preprocess", "watch_window", "watch_train", "terminate_cluster"):
+        assert dag.get_task(task_id).region_name == REGION, task_id

@@ -2,14 +2,20 @@
 
 Real provider operators, real boto3 over HTTP; the harness (conftest) moves EMR steps on,
 which moto never does. Each run must end with its cluster TERMINATED, whatever failed.
+
+The step sensors are deferrable by default: dag.test() runs their trigger in line (in this
+process, until it fires), then resumes the task, as a triggerer would.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from typing import NamedTuple
 
 import pytest
-from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name
+from airflow_testing import BUCKET, PREFIX, OutageProxy, fresh_dag, step_base_name
+from conftest import aws_connection
 
 from spark_jobs.common.pipeline import STEP_NAMES
 from spark_jobs.reporting.summary import HEADLINE_KEYS
@@ -17,8 +23,14 @@ from spark_jobs.reporting.summary import HEADLINE_KEYS
 pytestmark = pytest.mark.timeout(180)
 
 
-def run_emr_dag(dagbag, conf: dict | None = None) -> tuple[str, dict[str, str]]:
-    """Run llm_decoder_emr with dag.test(); return the run's state and its task states."""
+class Run(NamedTuple):
+    state: str
+    tasks: dict[str, str]  # task id: state
+    tries: dict[str, int]  # task id: try number (1: it never retried)
+
+
+def run_emr_dag(dagbag, conf: dict | None = None) -> Run:
+    """Run llm_decoder_emr with dag.test(); return the run's state and its tasks' states and tries."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
@@ -29,7 +41,8 @@ def run_emr_dag(dagbag, conf: dict | None = None) -> tuple[str, dict[str, str]]:
             TaskInstance.dag_id == dag.dag_id, TaskInstance.run_id == dag_run.run_id
         )
         states = {ti.task_id: str(ti.state) for ti in tis}
-    return str(dag_run.state), states
+        tries = {ti.task_id: ti.try_number for ti in tis}
+    return Run(str(dag_run.state), states, tries)
 
 
 def clusters_of_run(emr_client, known: set[str]) -> list[dict]:
@@ -42,13 +55,16 @@ def all_cluster_ids(emr_client) -> set[str]:
     return {c["Id"] for c in emr_client.list_clusters()["Clusters"]}
 
 
-def test_success_path(dagbag, harness, s3, emr_client):
+def test_success_path(dagbag, harness, s3, emr_client, caplog):
     before = all_cluster_ids(emr_client)
-    with harness() as h:
-        state, tasks = run_emr_dag(dagbag)
+    with harness(until_watched=True) as h:  # each sensor finds its step running, and defers
+        state, tasks, tries = run_emr_dag(dagbag)
     assert state == "success", tasks
     assert set(tasks.values()) == {"success"}
+    assert set(tries.values()) == {1}
     assert h.completed == list(STEP_NAMES)
+    # dag.test() runs a deferred task's trigger in line, then resumes the task: every sensor deferred
+    assert caplog.text.count("[DAG TEST] running trigger in line") == len(STEP_NAMES)
 
     [cluster] = clusters_of_run(emr_client, before)
     detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
@@ -85,9 +101,10 @@ def test_success_path(dagbag, harness, s3, emr_client):
 def test_a_failed_step_fails_the_run_and_terminates_the_cluster(failing, dagbag, harness, emr_client, capfd):
     before = all_cluster_ids(emr_client)
     with harness(fail_step=failing) as h:
-        state, tasks = run_emr_dag(dagbag)
+        state, tasks, tries = run_emr_dag(dagbag)
     assert state == "failed", tasks
     assert tasks[f"watch_{failing}"] == "failed"
+    assert tries[f"watch_{failing}"] == 1  # a failed step is final: no retry, although retries=1
     assert tasks["terminate_cluster"] == "success"
     assert tasks["collect_metrics"] == "upstream_failed"
     assert tasks["promote_model"] == "upstream_failed"
@@ -118,7 +135,7 @@ def test_cluster_creation_failure_fails_the_run_and_terminates(dagbag, emr_moto,
 
     emr_moto.setattr(Cluster, "run_bootstrap_actions", bootstrap_fails)
     before = all_cluster_ids(emr_client)
-    state, tasks = run_emr_dag(dagbag)
+    state, tasks, _ = run_emr_dag(dagbag)
     assert state == "failed", tasks
     assert tasks["create_cluster"] == "failed"
     assert "bootstrap action 1 returned a non-zero return code" in capfd.readouterr().out
@@ -130,7 +147,9 @@ def test_cluster_creation_failure_fails_the_run_and_terminates(dagbag, emr_moto,
 
 
 def test_add_steps_twice_adds_each_step_once(s3, emr_client):
+    from airflow_testing import REGION
     from llm_decoder_airflow.emr import add_missing_steps, step_specs
+    from llm_decoder_airflow.pipeline import run_config
 
     cluster = emr_client.run_job_flow(
         Name="idempotence",
@@ -143,10 +162,10 @@ def test_add_steps_twice_adds_each_step_once(s3, emr_client):
         JobFlowRole="EMR_EC2_DefaultRole",
         ServiceRole="EMR_DefaultRole",
     )["JobFlowId"]
-    specs = step_specs("r1", f"s3://{BUCKET}/{PREFIX}/runs/r1/code")
-    first = add_missing_steps(cluster, specs[:1], "aws_default")  # an attempt that died half-way
-    second = add_missing_steps(cluster, specs, "aws_default")
-    third = add_missing_steps(cluster, specs, "aws_default")
+    specs = step_specs("r1", f"s3://{BUCKET}/{PREFIX}/runs/r1/code", run_config({}, [], "test"))
+    first = add_missing_steps(cluster, specs[:1], "aws_default", REGION)  # an attempt that died half-way
+    second = add_missing_steps(cluster, specs, "aws_default", REGION)
+    third = add_missing_steps(cluster, specs, "aws_default", REGION)
     assert second == third and list(second) == list(STEP_NAMES)
     assert second["preprocess"] == first["preprocess"]
     assert len(emr_client.list_steps(ClusterId=cluster)["Steps"]) == len(STEP_NAMES)
@@ -156,8 +175,76 @@ def test_add_steps_twice_adds_each_step_once(s3, emr_client):
 def test_missing_bucket_fails_before_any_cluster(dagbag, harness, emr_client, capfd):
     before = all_cluster_ids(emr_client)
     with harness():
-        state, tasks = run_emr_dag(dagbag, {"bucket": "no-such-bucket"})
+        state, tasks, tries = run_emr_dag(dagbag, {"bucket": "no-such-bucket"})
     assert state == "failed"
-    assert tasks["stage"] == "failed"
+    assert tasks["stage"] == "failed" and tries["stage"] == 1  # a retry cannot create the bucket
     assert clusters_of_run(emr_client, before) == []
     assert "S3 bucket 'no-such-bucket' does not exist" in capfd.readouterr().out
+
+
+def test_a_run_the_cluster_cannot_hold_fails_at_stage(dagbag, harness, emr_client, capfd):
+    before = all_cluster_ids(emr_client)
+    conf = {
+        "strategy": "ddp",
+        "instance_type": "m5.xlarge",
+        "instance_count": 2,
+        "overrides": ["training.ddp_local_mode=false", "training.num_workers=8", "spark.executor_cores=4"],
+    }
+    with harness():
+        state, tasks, tries = run_emr_dag(dagbag, conf)
+    assert state == "failed"
+    assert tasks["stage"] == "failed" and tries["stage"] == 1
+    assert clusters_of_run(emr_client, before) == []
+    assert "training.num_workers=8 needs 8 executors with spark.executor_cores=4" in capfd.readouterr().out
+
+
+def test_a_step_that_hangs_is_stopped_by_the_timeout_and_the_cluster_terminated(
+    dagbag, harness, emr_client, emr_settings, capfd
+):
+    emr_settings(step_timeout_s=4)
+    before = all_cluster_ids(emr_client)
+    with harness(hold_step="train"):  # train never ends
+        state, tasks, tries = run_emr_dag(dagbag)
+    assert state == "failed", tasks
+    assert tasks["watch_train"] == "failed" and tries["watch_train"] == 1  # a timeout is not retried
+    assert tasks["terminate_cluster"] == "success"
+    assert tasks["collect_metrics"] == "upstream_failed"
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] == "TERMINATED"
+    assert "still RUNNING after the sensor's timeout of 4 s" in capfd.readouterr().out
+
+
+OUTAGE_S = 20  # longer than botocore's own retries of one call (5 attempts, at most ~15 s of backoff)
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "poke"])
+def test_an_emr_api_outage_while_a_step_runs_does_not_fail_the_run(
+    deferrable, dagbag, harness, emr_client, emr_settings, moto_endpoint, monkeypatch, capfd
+):
+    """The EMR API goes away for OUTAGE_S while train is RUNNING: the sensor waits it out, the
+    run succeeds, and the cluster is terminated once, after training."""
+    emr_settings(deferrable_sensors=deferrable)
+    before = all_cluster_ids(emr_client)
+    with OutageProxy(int(moto_endpoint.rsplit(":", 1)[1])) as proxy, harness(hold_step="train") as h:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(f"http://127.0.0.1:{proxy.port}"))
+
+        def outage_during_train() -> None:
+            h.wait_watched("train", timeout=120)  # watch_train is waiting for it
+            proxy.outage(OUTAGE_S)
+            h.release()  # train completes only after the API is back
+
+        outage = threading.Thread(target=outage_during_train, daemon=True)
+        outage.start()
+        state, tasks, tries = run_emr_dag(dagbag)
+        outage.join(timeout=5)
+    out = capfd.readouterr().out
+    assert state == "success", tasks
+    assert set(tasks.values()) == {"success"}
+    assert h.completed == list(STEP_NAMES)  # train finished on the cluster: it was not terminated
+    assert tries["watch_train"] == 1  # waited out inside the sensor, not by a task retry
+    assert tries["terminate_cluster"] == 1
+    assert "EMR API not answering (EndpointConnectionError" in out  # errors got past botocore
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] == "TERMINATED"

@@ -48,7 +48,7 @@ def test_a_missing_corpus_fails_the_first_step_with_one_clear_line(tmp_path):
 
     pipeline_raw, settings = load_local_config()
     params = {"corpus_uri": str(tmp_path / "missing.txt"), "root": str(tmp_path / "root")}
-    prepared = prepare_local_run(pipeline_raw, params, "manual__bad-corpus")
+    prepared = prepare_local_run(pipeline_raw, params, "manual__bad-corpus", settings.airflow.local_master)
     with pytest.raises(RuntimeError, match=r"preprocess step failed \(exit 2\): error: .*corpus not found"):
         run_local_step("preprocess", prepared, settings)
     assert not (tmp_path / "root" / "runs" / prepared["run_id"] / "preprocess" / "_SUCCESS").exists()
@@ -60,8 +60,8 @@ def test_invalid_overrides_are_refused_before_anything_runs(tmp_path):
 
     from spark_jobs.common.errors import ConfigError
 
-    pipeline_raw, _ = load_local_config()
+    pipeline_raw, settings = load_local_config()
     params = {"root": str(tmp_path), "overrides": ["training.batch_size=-1"]}
     with pytest.raises(ConfigError, match="training.batch_size"):
-        prepare_local_run(pipeline_raw, params, "manual__bad-params")
+        prepare_local_run(pipeline_raw, params, "manual__bad-params", settings.airflow.local_master)
     assert not (tmp_path / "runs").exists()

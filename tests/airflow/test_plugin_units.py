@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import zipfile
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from airflow_testing import REPO
 from llm_decoder_airflow import emr, pipeline, staging
+from llm_decoder_airflow.capacity import check_training_fits
 from llm_decoder_airflow.collect import collect_run
 from llm_decoder_airflow.files import FileStore
 from llm_decoder_airflow.promote import champion_uri, decide, promote
@@ -62,7 +64,8 @@ def test_a_bad_override_is_a_config_error_naming_the_key():
 
 
 def test_step_arguments_are_the_same_for_local_and_emr_but_for_the_front():
-    specs = emr.step_specs("r1", "s3://b/p/runs/r1/code")
+    config = pipeline.run_config({}, [], "test")
+    specs = emr.step_specs("r1", "s3://b/p/runs/r1/code", config)
     assert [emr.step_of(s["Name"]) for s in specs] == list(STEP_NAMES)
     for spec, step in zip(specs, STEPS, strict=True):
         assert spec["ActionOnFailure"] == "CANCEL_AND_WAIT"
@@ -75,18 +78,81 @@ def test_step_arguments_are_the_same_for_local_and_emr_but_for_the_front():
         assert args[script + 1 :] == ["--config", "s3://b/p/runs/r1/code/config.yaml"]
         assert ("spark.dynamicAllocation.enabled=false" in args) == (step.name == "train")
         local = pipeline.spark_submit_args(
-            step,
             script="x.py",
             config_uri="c.yaml",
+            spark_options=pipeline.step_spark_options(step, config, executors=False),
             submit_options=["--master", "local[2]"],
         )
         assert local[local.index("x.py") + 1 :][2:] == args[script + 1 :][2:]
+
+
+def _step_options(config, step_name: str) -> dict[str, str]:
+    """A step's EMR spark-submit options (before the script) as {flag or conf key: value}."""
+    [spec] = [s for s in emr.step_specs("r1", "s3://b/code", config) if emr.step_of(s["Name"]) == step_name]
+    args = spec["HadoopJarStep"]["Args"]
+    args = args[1 : next(i for i, a in enumerate(args) if a.endswith(".py"))]
+    options = dict(zip(args[::2], args[1::2], strict=True))
+    confs = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--conf"]
+    options.update(conf.split("=", 1) for conf in confs)
+    return options
+
+
+@pytest.mark.parametrize(
+    ("training", "train_executors", "task_cpus"),
+    [
+        ({"strategy": "single"}, "3", None),
+        ({"strategy": "ddp", "ddp_local_mode": True}, "3", None),  # torchrun on the driver
+        ({"strategy": "ddp", "ddp_local_mode": False}, "5", "4"),
+        ({"strategy": "parameter_averaging"}, "5", "4"),
+    ],
+)
+def test_the_spark_section_sizes_the_emr_steps(training, train_executors, task_cpus):
+    spark = {"driver_memory": "3g", "executor_memory": "6g", "executor_cores": 4, "num_executors": 3}
+    config = pipeline.run_config({"spark": spark, "training": {**training, "num_workers": 5}}, [], "test")
+    for step in STEP_NAMES:
+        options = _step_options(config, step)
+        assert (options["--driver-memory"], options["--executor-memory"]) == ("3g", "6g")
+        assert options["--executor-cores"] == "4"
+        # one executor per training worker, each barrier task holding all of its executor's cores
+        assert options["--num-executors"] == (train_executors if step == "train" else "3")
+        assert options.get("spark.task.cpus") == (task_cpus if step == "train" else None)
+        assert options.get("spark.dynamicAllocation.enabled") == ("false" if step == "train" else None)
+    # local[N] has no executors to size: only the driver's memory and the step's own properties
+    [train] = [step for step in STEPS if step.name == "train"]
+    assert pipeline.step_spark_options(train, config, executors=False) == [
+        "--driver-memory",
+        "3g",
+        "--conf",
+        "spark.dynamicAllocation.enabled=false",
+    ]
+    assert not pipeline.has_executors("local[2]") and not pipeline.has_executors("local-cluster[2,1,1024]")
+    assert pipeline.has_executors("yarn") and pipeline.has_executors("spark://127.0.0.1:7077")
+
+
+def test_spark_executor_settings_have_the_documented_defaults_and_clear_errors():
+    spark = pipeline.run_config({}, [], "test").spark
+    assert (spark.executor_memory, spark.executor_cores, spark.num_executors) == ("2g", 1, 2)
+    with pytest.raises(
+        ConfigError, match=r"spark.executor_memory: .*memory size such as 512m or 8g, got '8 GB'"
+    ):
+        pipeline.run_config({}, ["spark.executor_memory=8 GB"], "Params")
+    with pytest.raises(ConfigError, match="spark.executor_cores"):
+        pipeline.run_config({}, ["spark.executor_cores=0"], "Params")
+
+
+@pytest.mark.parametrize("key", ["executor_memory", "executor_cores", "driver_memory"])
+def test_the_old_emr_executor_keys_say_where_they_moved(key):
+    with pytest.raises(ConfigError) as info:
+        split_config({"emr": {key: 4}}, "my-emr.yaml")
+    assert str(info.value).startswith(f"my-emr.yaml: emr.{key} has moved to spark.{key} ")
+    assert "\n" not in str(info.value)
 
 
 def test_cluster_spec():
     settings = EmrSettings(
         bucket="b",
         prefix="p",
+        region="eu-west-1",
         task_instance_type="m5.2xlarge",
         task_instance_count=3,
         ec2_subnet_id="subnet-1",
@@ -110,9 +176,14 @@ def test_cluster_spec():
         "Properties"
     ]
     assert defaults["spark.serializer"].endswith("KryoSerializer")
-    assert defaults["spark.executor.memory"] == settings.executor_memory
+    assert not any(key.startswith(("spark.executor.", "spark.driver.")) for key in defaults)  # per step
     env = spec["Configurations"][0]["Configurations"][0]["Properties"]
     assert env["PYSPARK_PYTHON"] == emr.NODE_PYTHON
+    # YARN containers learn the cluster's region (an instance profile gives none)
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        assert env[variable] == "eu-west-1"
+        assert defaults[f"spark.executorEnv.{variable}"] == "eu-west-1"
+        assert defaults[f"spark.yarn.appMasterEnv.{variable}"] == "eu-west-1"
     no_task = emr.cluster_spec(EmrSettings(), "r1", "s3://x")
     assert [g["InstanceRole"] for g in no_task["Instances"]["InstanceGroups"]] == ["MASTER", "CORE"]
 
@@ -279,3 +350,55 @@ def test_a_missing_aws_connection_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="AWS connection 'no_such_conn' is not defined"):
         check_aws("no_such_conn", "some-bucket")
+
+
+def _ddp_on_executors(workers: int, executor_cores: int = 4, executor_memory: str = "8g"):
+    spark = {"executor_cores": executor_cores, "executor_memory": executor_memory}
+    training = {"strategy": "ddp", "ddp_local_mode": False, "num_workers": workers}
+    return pipeline.run_config({"spark": spark, "training": training}, [], "test")
+
+
+def test_the_cluster_must_hold_every_training_worker_at_once():
+    m5 = EmrSettings(core_instance_type="m5.xlarge", core_instance_count=2)
+    with pytest.raises(ConfigError) as info:
+        check_training_fits(_ddp_on_executors(8), m5)
+    assert str(info.value).startswith(
+        "training.num_workers=8 needs 8 executors with spark.executor_cores=4 and "
+        "spark.executor_memory=8g, but emr core nodes (2 × m5.xlarge, 4 vCPUs, 16 GiB: "
+        "1 executor each) give 2: "
+    )
+    check_training_fits(_ddp_on_executors(2), m5)
+    # memory permitting: 8 vCPUs hold two 4-core executors, 16 GiB only one of 8g (+ overhead)
+    with pytest.raises(ConfigError, match="c5.2xlarge, 8 vCPUs, 16 GiB: 1 executor each"):
+        check_training_fits(_ddp_on_executors(4), EmrSettings(core_instance_type="c5.2xlarge"))
+    check_training_fits(_ddp_on_executors(4), EmrSettings(core_instance_type="r5.2xlarge"))
+    # task nodes add their executors
+    with_task = m5.model_copy(update={"task_instance_type": "m5.2xlarge", "task_instance_count": 3})
+    check_training_fits(_ddp_on_executors(8), with_task)
+    with pytest.raises(ConfigError, match=r"and emr task nodes \(3 × m5.2xlarge, .*\) give 8"):
+        check_training_fits(_ddp_on_executors(9), with_task)
+    # torchrun on the driver, or a single process: no executors to count
+    local_ddp = pipeline.run_config({"training": {"strategy": "ddp", "num_workers": 64}}, [], "test")
+    check_training_fits(local_ddp, m5)
+
+
+def test_an_unknown_instance_type_skips_the_check_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="llm_decoder_airflow.capacity"):
+        check_training_fits(_ddp_on_executors(64), EmrSettings(core_instance_type="x9.metal"))
+    assert "x9.metal is not in the capacity table" in caplog.text
+
+
+def test_stage_refuses_a_run_the_cluster_cannot_hold_before_touching_aws():
+    from llm_decoder_airflow.settings import load_emr_config
+    from llm_decoder_airflow.tasks import stage_emr_run
+
+    raw, settings = load_emr_config()
+    params = {
+        "strategy": "ddp",
+        "instance_type": "m5.xlarge",
+        "instance_count": 2,
+        "overrides": ["training.ddp_local_mode=false", "training.num_workers=8", "spark.executor_cores=4"],
+    }
+    # no moto server: the refusal comes before any AWS call
+    with pytest.raises(ConfigError, match=r"^training.num_workers=8 needs 8 executors .* give 2: "):
+        stage_emr_run(raw, settings, params, "manual__too-many-workers")

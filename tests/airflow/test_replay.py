@@ -57,7 +57,7 @@ def test_emr_step_arguments_replayed_locally_equal_the_local_dag(
     assert local_run["state"] == "success"
     before = all_cluster_ids(emr_client)
     with harness():
-        state, _ = run_emr_dag(dagbag)
+        state = run_emr_dag(dagbag).state
     assert state == "success"
     [cluster] = clusters_of_run(emr_client, before)
     steps = {
