@@ -16,6 +16,11 @@ the marker last (S3, which has no rename); either way a reader never takes a hal
 step for a finished one, and a re-run replaces the previous output.
 
 An S3 filesystem is made per bucket in the bucket's own region (`bucket_region`).
+
+Every failure to reach a file (no credentials, access denied, no such bucket, a directory
+where a file was expected, bytes that are not UTF-8 text) is an `InputError` of one line that
+names the URI, not a pyarrow OSError traceback: the step's entry point prints it as
+`error: <step>: <message>`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import contextlib
 import logging
 import os
 import posixpath
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -66,8 +72,43 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         bucket = bucket_and_key.split("/", 1)[0]
         if not bucket:
             raise InputError(f"no bucket in {uri!r}: expected s3://bucket/key")
-        return _s3_filesystem(bucket), bucket_and_key
+        try:
+            return _s3_filesystem(bucket), bucket_and_key
+        except InputError as exc:  # no such bucket, or no region for it: say which file was wanted
+            raise InputError(f"cannot reach {uri}: {exc}") from None
     return pafs.LocalFileSystem(), normalize(uri)
+
+
+# pyarrow's S3 messages start with "When reading information for key 'k' in bucket 'b': ",
+# which the URI in our message already says, and end with a request id nobody can act on.
+_S3_CONTEXT = re.compile(r"^When [^:]*: ")
+_REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
+_DENIED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "NO_SUCH_BUCKET")
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's message on one line, without what the URI already says."""
+    text = _REQUEST_ID.sub("", _S3_CONTEXT.sub("", " ".join(str(exc).split())))
+    if "NO_SUCH_BUCKET" in text:
+        return "no such bucket"
+    if any(code in text for code in _DENIED):
+        return f"{text.rstrip('.')}; check the AWS credentials and the bucket's policy"
+    return text or type(exc).__name__
+
+
+def _input_error(uri: str, action: str, exc: OSError) -> InputError:
+    if isinstance(exc, FileNotFoundError):
+        return InputError(f"file not found: {uri}")
+    return InputError(f"cannot {action} {uri}: {_reason(exc)}")
+
+
+@contextlib.contextmanager
+def _errors_name(uri: str, action: str) -> Iterator[None]:
+    """Turn a filesystem error inside the block into one InputError line naming the URI."""
+    try:
+        yield
+    except OSError as exc:
+        raise _input_error(uri, action, exc) from None
 
 
 def _s3_endpoint() -> str | None:
@@ -164,14 +205,18 @@ def spark_path(uri: str) -> str:
     return normalize(uri)
 
 
-def exists(uri: str) -> bool:
+def _file_type(uri: str) -> pafs.FileType:
     fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    with _errors_name(uri, "look up"):
+        return fs.get_file_info(path).type
+
+
+def exists(uri: str) -> bool:
+    return _file_type(uri) != pafs.FileType.NotFound
 
 
 def is_dir(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return _file_type(uri) == pafs.FileType.Directory
 
 
 def read_bytes(uri: str) -> bytes:
@@ -179,28 +224,40 @@ def read_bytes(uri: str) -> bytes:
     try:
         with fs.open_input_stream(path) as stream:
             return stream.read()
-    except FileNotFoundError:
-        raise InputError(f"file not found: {uri}") from None
+    except OSError as exc:
+        error = _input_error(uri, "read", exc)
+    # Only now, so a good read costs no extra request: S3 calls a directory "not found".
+    if is_dir(uri):
+        raise InputError(f"{uri} is a directory, expected a file")
+    raise error
 
 
 def read_text(uri: str) -> str:
-    return read_bytes(uri).decode("utf-8")
+    """A file's text; bytes that are not UTF-8 are an error naming the file and the offset."""
+    data = read_bytes(uri)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file; locally via a temporary file and an atomic rename."""
     fs, path = filesystem(uri)
-    if is_s3(uri):
-        with fs.open_output_stream(path) as stream:
-            stream.write(data)
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with _errors_name(uri, "write"):
+        if is_s3(uri):
+            with fs.open_output_stream(path) as stream:
+                stream.write(data)
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -210,25 +267,28 @@ def write_text(uri: str, text: str) -> None:
 def delete(uri: str) -> None:
     """Delete a file or a folder tree; missing is fine."""
     fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    elif info.type == pafs.FileType.File:
-        fs.delete_file(path)
+    with _errors_name(uri, "delete"):
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
 
 
 def list_dir(uri: str) -> list[str]:
     """Names (not paths) directly under a folder; [] if it does not exist."""
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    with _errors_name(uri, "list"):
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
 
 
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
-    fs.create_dir(path, recursive=True)
+    with _errors_name(uri, "create"):
+        fs.create_dir(path, recursive=True)
 
 
 # --- the run layout -------------------------------------------------------------------

@@ -5,6 +5,7 @@
     embeddings.py  a previous phase's token embeddings (word2vec text / CSV), validated; Word2Vec
     windows.py     the arithmetic of sliding windows and the contiguous train/val split
     loader.py      reading the window step's Parquet into tensors; the seeded minibatch order
+    parquet_files.py  a Parquet folder's files, each footer checked (a bad file fails by name)
 
 May import: spark_jobs.common.
 """

@@ -203,6 +203,31 @@ def to_safetensors(matrix: np.ndarray) -> bytes:
     return save({TENSOR_NAME: np.ascontiguousarray(matrix, dtype=np.float32)})
 
 
+def read_table(uri: str, embedding_size: int) -> np.ndarray:
+    """The preprocess step's embeddings.safetensors, checked: float32 [vocab, embedding_size].
+
+    A truncated or garbled file, or one of another shape, is one error naming the file.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        table = load(storage.read_bytes(uri)).get(TENSOR_NAME)
+    except SafetensorError as exc:
+        reason = " ".join(str(exc).split())
+        raise InputError(
+            f"{uri}: not a readable safetensors file ({reason}); re-run the preprocess step"
+        ) from None
+    if table is None or table.ndim != 2:
+        raise InputError(f"{uri}: no 2-D tensor '{TENSOR_NAME}'")
+    if table.shape[1] != embedding_size:
+        raise InputError(
+            f"model.embedding_size is {embedding_size} but {uri} has embeddings of size {table.shape[1]}"
+        )
+    check_finite(table, uri)
+    return table
+
+
 def to_word2vec_text(matrix: np.ndarray, id_to_token: list[str]) -> str:
     """word2vec text format; '%.9g' round-trips float32 exactly."""
     rows, dim = matrix.shape

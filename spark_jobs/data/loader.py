@@ -12,25 +12,40 @@ import logging
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import torch
 
 from spark_jobs.common import storage
 from spark_jobs.common.errors import InputError
+from spark_jobs.data import parquet_files
 
 log = logging.getLogger(__name__)
 
 
+WINDOW_COLUMNS = ["doc_id", "start", "ids"]
+
+
 def read_window_table(window_dir: str, split: str) -> pa.Table:
-    """The split's windows as one Arrow table in a stable order (by doc_id, start)."""
+    """The split's windows as one Arrow table in a stable order (by doc_id, start).
+
+    Every file is read, or the read fails naming the file: a truncated file is never skipped.
+    """
     uri = storage.join(window_dir, split)
     if not storage.is_dir(uri):
         raise InputError(f"windows not found: {uri} (run the window step first)")
-    fs, path = storage.filesystem(uri)
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=True)
-    table = dataset.to_table(columns=["doc_id", "start", "ids"])
+    parquet_files.rows_per_file(uri)  # every footer first: a truncated file fails by name
+    table = pa.concat_tables(
+        [parquet_files.read_table(file_uri, WINDOW_COLUMNS) for file_uri in parquet_files.data_files(uri)]
+    )
     # Spark writes partitions in no guaranteed order: sort so every reader sees the same rows.
     return table.sort_by([("doc_id", "ascending"), ("start", "ascending")])
+
+
+def count_windows(window_dir: str, split: str) -> int:
+    """The windows in a split's files, from their footers alone (no data is read)."""
+    uri = storage.join(window_dir, split)
+    if not storage.is_dir(uri):
+        raise InputError(f"windows not found: {uri} (run the window step first)")
+    return sum(parquet_files.rows_per_file(uri).values())
 
 
 def windows_to_tensor(ids: pa.ChunkedArray | pa.Array, source: str) -> torch.Tensor:

@@ -60,25 +60,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def load_tokenizer(uri: str) -> Tokenizer:
-    """Read a user-supplied tokenizer.json (local or s3://); errors name the file."""
+def load_tokenizer(uri: str, hint: str = "data.tokenizer_path") -> Tokenizer:
+    """Read a tokenizer.json (local or s3://); errors name the file, and `hint` where it came from."""
     from tokenizers import Tokenizer
 
     from spark_jobs.common import storage
     from spark_jobs.common.config import SPECIAL_TOKENS
 
     if not storage.exists(uri):
-        raise InputError(f"tokenizer not found: {uri} (data.tokenizer_path)")
+        raise InputError(f"tokenizer not found: {uri} ({hint})")
     if storage.is_dir(uri):
-        raise InputError(f"data.tokenizer_path is a directory, expected a tokenizer.json file: {uri}")
+        raise InputError(f"{uri} is a directory, expected a tokenizer.json file ({hint})")
+    text = storage.read_text(uri)  # unreadable or not UTF-8: a one-line error of its own
     try:
-        text = storage.read_bytes(uri).decode("utf-8")
         tokenizer = Tokenizer.from_str(text)
-    except Exception as exc:  # UnicodeDecodeError, or what tokenizers raises for bad JSON
+    except Exception as exc:  # what tokenizers raises for bad JSON
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{uri}: not a valid tokenizer.json (data.tokenizer_path): {reason}") from None
+        raise InputError(f"{uri}: not a valid tokenizer.json ({hint}): {reason}") from None
     if tokenizer.get_vocab_size() == 0:
-        raise InputError(f"{uri}: the tokenizer has an empty vocabulary (data.tokenizer_path)")
+        raise InputError(f"{uri}: the tokenizer has an empty vocabulary ({hint})")
     missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:
         log.warning("%s has no special token(s) %s", uri, ", ".join(missing))

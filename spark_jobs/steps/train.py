@@ -26,13 +26,15 @@ import tempfile
 import time
 from typing import Any
 
-from safetensors.torch import load as load_tensors
+import torch
 from tokenizers import Tokenizer
 
 from spark_jobs.common import storage
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import InputError, TrainingError
-from spark_jobs.data.loader import load_windows_with_positions
+from spark_jobs.data.embeddings import read_table
+from spark_jobs.data.loader import count_windows, load_windows_with_positions
+from spark_jobs.data.tokenizer import load_tokenizer
 from spark_jobs.reporting.spark_metrics import write_spark_metrics
 from spark_jobs.reporting.summary import summary_record
 from spark_jobs.reporting.train_metrics import write_run_summary
@@ -43,6 +45,9 @@ from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
+
+# What to do about a bad file of the preprocess step's output.
+PREPROCESS_HINT = "written by the preprocess step; re-run it"
 
 
 def _read_json(uri: str) -> dict[str, Any]:
@@ -75,22 +80,23 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
         raise InputError(f"{distribution_uri}: no chars_per_token (nor in preprocess/stats.json)")
 
     tokenizer_uri = storage.join(preprocess_dir, "tokenizer.json")
-    vocab_size = Tokenizer.from_str(storage.read_text(tokenizer_uri)).get_vocab_size()
+    vocab_size = load_tokenizer(tokenizer_uri, PREPROCESS_HINT).get_vocab_size()
 
     embeddings = None
     if config.model.kind == "mlp" or config.model.init_from_embeddings:
         embeddings_uri = storage.join(preprocess_dir, "embeddings.safetensors")
-        embeddings = load_tensors(storage.read_bytes(embeddings_uri)).get("embeddings")
-        if embeddings is None or embeddings.dim() != 2:
-            raise InputError(f"{embeddings_uri}: no 2-D tensor 'embeddings'")
-        if embeddings.shape[1] != config.model.embedding_size:
-            raise InputError(
-                f"model.embedding_size is {config.model.embedding_size} but {embeddings_uri} has "
-                f"embeddings of size {embeddings.shape[1]}"
-            )
+        embeddings = torch.from_numpy(read_table(embeddings_uri, config.model.embedding_size))
 
     num_train = int(distribution.get("train", {}).get("windows", 0))
     num_val = int(distribution.get("val", {}).get("windows", 0))
+    # The files must hold what the window step wrote: a lost or extra file is refused here.
+    for split, recorded in (("train", num_train), ("val", num_val)):
+        found = count_windows(window_dir, split)
+        if found != recorded:
+            raise InputError(
+                f"{storage.join(window_dir, split)}: its Parquet files hold {found} windows but the "
+                f"window step recorded {recorded} in {distribution_uri}; re-run the window step"
+            )
     cfg = config.training
     if cfg.strategy != "single":
         if cfg.num_workers > num_train:

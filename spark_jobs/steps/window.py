@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from spark_jobs.common import storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.spark_session import get_spark
+from spark_jobs.data import parquet_files
 from spark_jobs.data.windows import (
     SPLITS,
     Run,
@@ -155,6 +155,8 @@ def _chars_per_token(stats_uri: str) -> float:
 def _read_tokens(spark: SparkSession, tokens_uri: str) -> DataFrame:
     if not storage.exists(tokens_uri):
         raise InputError(f"preprocess tokens not found: {tokens_uri}")
+    # Spark meets a truncated file with a Java stack trace: check every footer here first.
+    parquet_files.rows_per_file(tokens_uri)
     tokens = spark.read.parquet(storage.spark_path(tokens_uri))
     missing = [c for c in TOKEN_COLUMNS if c not in tokens.columns]
     if missing:
@@ -302,13 +304,7 @@ def partition_keys(spark: SparkSession, counts: list[int]) -> dict[int, np.ndarr
 
 def _rows_per_file(split_uri: str) -> list[int]:
     """Rows of each Parquet file of a split, in file-name (= partition) order."""
-    fs, path = storage.filesystem(split_uri)
-    rows = []
-    for name in storage.list_dir(split_uri):
-        if name.endswith(".parquet"):
-            with fs.open_input_file(f"{path}/{name}") as handle:
-                rows.append(pq.ParquetFile(handle).metadata.num_rows)
-    return rows
+    return list(parquet_files.rows_per_file(split_uri).values())
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ def test_the_bucket_region_wins_over_another_env_region(endpoint, monkeypatch):
 
 
 def test_a_missing_bucket_is_a_one_line_error(endpoint):
-    with pytest.raises(InputError, match=r"^no such bucket: s3://no-such-bucket$"):
+    with pytest.raises(
+        InputError, match=r"^cannot reach s3://no-such-bucket/a.txt: no such bucket: s3://no-such-bucket$"
+    ):
         storage.read_text("s3://no-such-bucket/a.txt")
 
 
@@ -82,7 +84,9 @@ def test_an_unreachable_endpoint_falls_back_to_the_env_region_or_says_which_buck
         storage.filesystem("s3://lost-bucket/x")
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("cannot resolve the region of bucket s3://lost-bucket (HEAD http://127.0.0.1:")
+    assert message.startswith(
+        "cannot reach s3://lost-bucket/x: cannot resolve the region of bucket s3://lost-bucket (HEAD http://127.0.0.1:"
+    )
     assert message.endswith("and neither AWS_REGION nor AWS_DEFAULT_REGION is set")
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")

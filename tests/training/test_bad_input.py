@@ -6,6 +6,7 @@ import json
 import logging
 import shutil
 
+import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs.common.config import load_config
@@ -109,3 +110,77 @@ def test_a_corrupt_checkpoint_falls_back_and_none_valid_is_an_error(new_run, tin
         TrainingError, match=r"no valid checkpoint in .*checkpoints: .*state.json: not valid JSON"
     ):
         train.run(config, resume=True)
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not utf-8", "a directory"])
+def test_a_damaged_tokenizer_is_one_line_naming_the_file(new_run, tiny_config, damage):
+    root, run_id = new_run()
+    path = root / "runs" / run_id / "preprocess" / "tokenizer.json"
+    if damage == "truncated":
+        _truncate(path)
+        expected = rf"^{path}: not a valid tokenizer.json \(written by the preprocess step; re-run it\): "
+    elif damage == "not utf-8":
+        path.write_bytes(b'{"version": "1.0", "model": "\xff"}')
+        expected = rf"^{path}: not UTF-8 text \(byte 0xff at offset 29\)$"
+    else:
+        path.unlink()
+        path.mkdir()
+        expected = rf"^{path} is a directory, expected a tokenizer.json file"
+    with pytest.raises(InputError, match=expected) as info:
+        train.run(tiny_config(root, run_id))
+    assert "\n" not in str(info.value)
+    _assert_nothing_committed(root, run_id)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled header"])
+def test_damaged_embeddings_are_one_line_naming_the_file(new_run, tiny_config, damage):
+    root, run_id = new_run()
+    path = root / "runs" / run_id / "preprocess" / "embeddings.safetensors"
+    if damage == "truncated":
+        _truncate(path, 0.9)
+    else:
+        data = bytearray(path.read_bytes())
+        data[8:20] = b"\x00garbled!!!\x00"
+        path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=rf"^{path}: not a readable safetensors file \(.+\); re-run") as info:
+        train.run(tiny_config(root, run_id, "model.kind=mlp"))
+    assert "\n" not in str(info.value)
+    _assert_nothing_committed(root, run_id)
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_truncated_window_file_is_named_never_skipped(new_run, tiny_config, split):
+    root, run_id = new_run()
+    folder = root / "runs" / run_id / "window" / split
+    part = sorted(folder.glob("*.parquet"))[-1]
+    _truncate(part)
+    with pytest.raises(InputError, match=rf"^{part}: not a valid Parquet file \(.+\)$"):
+        train.run(tiny_config(root, run_id))
+    # the only file of its split: the same error, not a pyarrow traceback
+    for other in folder.glob("*.parquet"):
+        if other != part:
+            other.unlink()
+    with pytest.raises(InputError, match=rf"^{part}: not a valid Parquet file"):
+        train.run(tiny_config(root, run_id))
+    _assert_nothing_committed(root, run_id)
+
+
+def test_windows_that_disagree_with_the_recorded_count_are_refused(new_run, tiny_config):
+    root, run_id = new_run()
+    window = root / "runs" / run_id / "window"
+    recorded = json.loads((window / "data_distribution.json").read_text())["val"]["windows"]
+    lost = sorted((window / "val").glob("*.parquet"))[0]
+    lost_rows = pq.ParquetFile(lost).metadata.num_rows
+    lost.unlink()
+    with pytest.raises(
+        InputError,
+        match=rf"^{window}/val: its Parquet files hold {recorded - lost_rows} windows but the window step "
+        rf"recorded {recorded} in {window}/data_distribution.json; re-run the window step$",
+    ):
+        train.run(tiny_config(root, run_id))
+    _assert_nothing_committed(root, run_id)

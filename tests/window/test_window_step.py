@@ -182,6 +182,18 @@ def test_malformed_preprocess_output_is_refused(spark, window_config) -> None:
     assert not storage.exists(window_dir(config))
 
 
+def test_a_truncated_token_file_is_named_before_spark_reads_it(spark, window_config) -> None:
+    config = window_config()
+    step = Path(write_preprocess(config, [200, 150]))
+    part = sorted((step / "tokens").glob("*.parquet"))[1]
+    part.write_bytes(part.read_bytes()[:-9])  # the footer's length and magic bytes gone
+    with pytest.raises(InputError) as info:
+        window.run(config)
+    message = str(info.value)
+    assert message.startswith(f"{part}: not a valid Parquet file (") and "\n" not in message
+    assert not storage.exists(window_dir(config))
+
+
 def test_cli_exits_2_with_one_line(tmp_path: Path, repo: Path) -> None:
     result = subprocess.run(
         [sys.executable, "spark_jobs/steps/window.py", "--set", f"run.root={tmp_path}", "--set", "run.id=x"],
