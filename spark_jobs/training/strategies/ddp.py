@@ -105,7 +105,7 @@ def _remove_attempt(attempts_dir: str, error_dir: str) -> None:
         storage.delete(error_dir)
         if not storage.list_dir(attempts_dir):
             storage.delete(attempts_dir)
-    except OSError as exc:
+    except (OSError, errors.PipelineError) as exc:  # storage reports its errors as InputError
         log.warning("could not remove %s: %s", error_dir, exc)
 
 
