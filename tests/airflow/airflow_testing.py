@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
-import socket
 import sys
 import tempfile
 import threading
@@ -231,94 +229,3 @@ class EmrHarness:
         elif step == "train":
             summary = {**METRICS_FIXTURE, "run_id": run_id}
             self.s3.put_object(Bucket=bucket, Key=f"{run}/metrics/summary.json", Body=json.dumps(summary))
-
-
-class OutageProxy:
-    """A TCP proxy in front of the moto server that can be taken down, like an EMR API outage.
-
-    `outage(seconds)` closes the listening socket and every open connection (botocore keeps
-    connections alive: closing only the listener would not be noticed), so that connecting is
-    refused; then it listens again on the same port.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self._listener = self._listen(0)
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="outage-proxy", daemon=True)
-
-    @staticmethod
-    def _listen(port: int) -> socket.socket:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
-        listener.listen(64)
-        listener.settimeout(0.1)
-        return listener
-
-    def __enter__(self) -> OutageProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._close_all()
-
-    def outage(self, seconds: float) -> None:
-        """Refuse connections for `seconds` (blocks), then serve again."""
-        self._close_all()
-        time.sleep(seconds)
-        self._listener = self._listen(self.port)
-
-    def _close_all(self) -> None:
-        with self._lock:
-            for sock in (self._listener, *self._open):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() or select()
-                except OSError:
-                    pass
-                sock.close()
-            self._open.clear()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                time.sleep(0.05)  # closed: an outage
-                continue
-            try:
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._open.update((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
-        """Copy bytes both ways until either side closes (or the outage closes both)."""
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, upstream)
-        selector.register(upstream, selectors.EVENT_READ, client)
-        try:
-            while True:
-                for key, _ in selector.select(timeout=1):
-                    data = key.fileobj.recv(65536)
-                    if not data:
-                        return
-                    key.data.sendall(data)
-        except (OSError, ValueError):
-            return  # closed by the outage
-        finally:
-            selector.close()
-            with self._lock:
-                for sock in (client, upstream):
-                    self._open.discard(sock)
-                    sock.close()

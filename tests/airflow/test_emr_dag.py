@@ -14,8 +14,9 @@ import threading
 from typing import NamedTuple
 
 import pytest
-from airflow_testing import BUCKET, PREFIX, OutageProxy, fresh_dag, step_base_name
+from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name
 from conftest import aws_connection
+from launchers.emr_box.proxy import OutageProxy
 
 from spark_jobs.common.pipeline import STEP_NAMES
 from spark_jobs.reporting.summary import HEADLINE_KEYS

@@ -75,6 +75,13 @@ class OutageProxy:
 
     def _go_dark(self) -> None:
         if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+            # kernel socket open (and accepting) under it. Open connections are closed too:
+            # botocore keeps connections alive, and would not notice a closed listener.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             self._listener = None
         with self._lock:
