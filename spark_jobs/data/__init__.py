@@ -1,6 +1,7 @@
 """The data side, mostly pure functions that the Spark steps call and unit tests call without Spark.
 
-    corpus.py      finding, reading and normalising the corpus files (local or s3://)
+    corpus.py      reading and normalising the corpus files (local or s3://)
+    corpus_files.py  which files: a file, a directory or a glob; literal paths, hidden names, links
     tokenizer.py   byte-level BPE: training, loading, encoding Arrow batches inside Spark
     embeddings.py  a previous phase's token embeddings (word2vec text / CSV), validated; Word2Vec
     windows.py     the arithmetic of sliding windows and the contiguous train/val split

@@ -1,9 +1,9 @@
 """Finding, reading and normalising the corpus: a file, a directory or a glob, local or s3://.
 
 Each file is one document; documents are numbered (doc_id 0, 1, ...) in sorted path order.
-A directory contributes every regular file below it (recursively) except hidden ones
-(names starting with "." or "_", like Spark's `_SUCCESS`). Files are read through
-`spark_jobs.common.storage` (pyarrow.fs), so local paths and s3:// URIs behave the same.
+Which files (a file, a directory, a glob; literal paths, hidden names, symbolic links) is
+`spark_jobs.data.corpus_files`. Files are read through `spark_jobs.common.storage`
+(pyarrow.fs), so local paths and s3:// URIs behave the same.
 
 "Normalised" text, which is what the token ids of a document decode back to, is:
   1. the file's bytes decoded as UTF-8 (strict: invalid bytes are an error that names the
@@ -21,25 +21,20 @@ document is an error.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import Literal
 
-from pyarrow import fs as pafs
-
 from spark_jobs.common import storage
 from spark_jobs.common.errors import InputError
+from spark_jobs.data.corpus_files import find_corpus_files
 
 log = logging.getLogger(__name__)
 
 # Documents are cut into segments of at most this many characters, at line ends where
 # possible; one segment is one row of tokens/ (and one encode call inside Spark).
 SEGMENT_CHARS = 8192
-_GLOB_CHARS = "*?["
 
 
 @dataclass(frozen=True)
@@ -78,64 +73,6 @@ def decode_document(data: bytes, path: str, on_decode_error: str = "strict") -> 
             len(text) - len(count),
         )
     return normalize_text(text)
-
-
-def _hidden(name: str) -> bool:
-    return name.startswith((".", "_"))
-
-
-def _list_tree(uri: str) -> list[str]:
-    fs, path = storage.filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    prefix = path.rstrip("/") + "/"
-    files = []
-    for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
-        rel = info.path[len(prefix) :] if info.path.startswith(prefix) else info.path
-        if any(_hidden(part) for part in rel.split("/")):
-            continue
-        files.append(storage.join(uri, rel))
-    return sorted(files)
-
-
-def _expand_glob(pattern: str) -> list[str]:
-    if not storage.is_s3(pattern):
-        matches = glob.glob(os.path.expanduser(pattern), recursive=True)
-        return sorted(storage.normalize(m) for m in matches if os.path.isfile(m))
-    # s3: list everything under the part before the first wildcard, then match.
-    uri = storage.normalize(pattern)
-    first = min(uri.find(c) for c in _GLOB_CHARS if c in uri)
-    base = uri[:first].rsplit("/", 1)[0]
-    fs, base_path = storage.filesystem(base)
-    if fs.get_file_info(base_path).type != pafs.FileType.Directory:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True))
-    matched = [
-        "s3://" + i.path
-        for i in infos
-        if i.type == pafs.FileType.File and fnmatch.fnmatchcase("s3://" + i.path, uri)
-    ]
-    return sorted(matched)
-
-
-def find_corpus_files(corpus_path: str) -> list[str]:
-    """The corpus files for a file, directory or glob (local or s3://), sorted."""
-    if not corpus_path or not corpus_path.strip():
-        raise InputError("data.corpus_path is empty")
-    if any(c in corpus_path for c in _GLOB_CHARS):
-        files = _expand_glob(corpus_path)
-        if not files:
-            raise InputError(f"corpus not found: no files match data.corpus_path={corpus_path}")
-        return files
-    if not storage.exists(corpus_path):
-        raise InputError(f"corpus not found: {corpus_path} (data.corpus_path)")
-    if storage.is_dir(corpus_path):
-        files = _list_tree(corpus_path)
-        if not files:
-            raise InputError(f"corpus directory has no text files: {corpus_path} (hidden files are ignored)")
-        return files
-    return [storage.normalize(corpus_path)]
 
 
 def read_corpus(corpus_path: str, on_decode_error: str = "strict") -> list[Document]:
