@@ -110,6 +110,7 @@ with DAG(
             region_name=REGION,
             poke_interval=AIRFLOW.step_poke_interval_s,
             timeout=AIRFLOW.step_timeout_s,
+            log_wait_s=AIRFLOW.step_log_wait_s,
             mode="poke",
             deferrable=AIRFLOW.deferrable_sensors,
             **RETRIES,

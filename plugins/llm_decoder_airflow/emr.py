@@ -178,7 +178,16 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
 
 def emr_submit_options(code: str) -> list[str]:
     # Cluster mode: the driver runs in YARN, so a lost Airflow worker does not kill the step.
-    return ["--deploy-mode", "cluster", "--py-files", join(code, CODE_ARCHIVE)]
+    # One attempt: YARN runs a failed driver again by default (yarn.resourcemanager.am.max-attempts
+    # is 2), so a failed step would run twice, writing its outputs twice, before EMR reports it.
+    return [
+        "--deploy-mode",
+        "cluster",
+        "--conf",
+        "spark.yarn.maxAppAttempts=1",
+        "--py-files",
+        join(code, CODE_ARCHIVE),
+    ]
 
 
 def step_specs(run_id: str, code: str, config: PipelineConfig) -> list[dict[str, Any]]:

@@ -12,7 +12,9 @@ training. The watcher tells the two kinds of failure apart:
 - the API cannot be reached, or answers throttling / 5xx: the step's state is unknown, so it
   logs a warning and looks again after `poke_interval`, until the sensor's `timeout`;
 - the step is FAILED, CANCELLED or INTERRUPTED: the task fails at once, without retries
-  (AirflowFailException; a retry cannot bring the step back), with EMR's FailureDetails.
+  (AirflowFailException; a retry cannot bring the step back), with EMR's FailureDetails and
+  the error lines of the step's logs in S3 (steplogs.py: the step's stderr and stdout, and the
+  cluster-mode driver's container logs; it waits up to `log_wait_s` for EMR to upload them).
 
 With `deferrable=True` it waits on the triggerer (`StepStateTrigger`, which does the same) and
 holds no worker slot while a step runs for hours. Anything else (an unexpected error, a lost
@@ -33,6 +35,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError, HTTPClientError, WaiterError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+from llm_decoder_airflow.steplogs import step_log_tail
 
 FAILED_STATES = ("FAILED", "CANCELLED", "INTERRUPTED")
 TIMED_OUT = "TIMED_OUT"  # the trigger's event when the sensor's timeout passed first
@@ -164,7 +168,16 @@ class StepStateTrigger(BaseTrigger):
 
 
 class EmrStepWatcher(EmrStepSensor):
-    """EmrStepSensor that outlasts an EMR API outage and fails for good on a failed step."""
+    """EmrStepSensor that outlasts an EMR API outage and fails for good on a failed step.
+
+    `log_wait_s`: how long a failed step's sensor waits for EMR to upload the step's logs to
+    S3 (they name the error; FailureDetails often does not); `log_poll_s`: how often it looks.
+    """
+
+    def __init__(self, *, log_wait_s: float = 300, log_poll_s: float = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.log_wait_s = log_wait_s
+        self.log_poll_s = log_poll_s
 
     def poke(self, context: Any) -> bool:
         try:
@@ -186,11 +199,27 @@ class EmrStepWatcher(EmrStepSensor):
     def _done(self, state: str, failure_details: dict[str, Any] | None) -> bool:
         """True once the step COMPLETED; a failed step fails the task without retries."""
         if state in FAILED_STATES:
-            message = failure_message(self.step_id, state, failure_details)
+            message = f"{failure_message(self.step_id, state, failure_details)}; {self._log_tail()}"
             self.log.error("%s", message)
             raise AirflowFailException(message)
         self.log.info("step %s: %s", self.step_id, state)
         return state == "COMPLETED"
+
+    def _log_tail(self) -> str:
+        """The error lines of the step's logs in the cluster's LogUri (never raises: the step's
+        failure is the news, a log that cannot be read must not hide it)."""
+        from airflow.providers.amazon.aws.hooks.emr import EmrHook
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        try:
+            emr = EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            cluster = emr.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
+            s3 = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            return step_log_tail(
+                s3, cluster.get("LogUri"), self.job_flow_id, self.step_id, self.log_wait_s, self.log_poll_s
+            )
+        except Exception as error:
+            return f"could not read the step's logs ({type(error).__name__}: {error})"
 
     def execute(self, context: Any) -> None:
         if not self.deferrable:

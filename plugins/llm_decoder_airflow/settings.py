@@ -71,6 +71,9 @@ class AirflowSettings(_Section):
     cluster_waiter_max_attempts: int = Field(60, ge=1)
     step_poke_interval_s: int = Field(60, ge=1)
     step_timeout_s: int = Field(6 * 3600, ge=1)
+    # A failed step's sensor waits this long for EMR to upload the step's logs to S3 (every few
+    # minutes) to put their error lines in its failure message; the cluster waits with it.
+    step_log_wait_s: int = Field(300, ge=0, le=1800)
     # Wait for the steps on the triggerer (no worker slot held for hours); false: poke on a worker.
     deferrable_sensors: bool = True
     # Also start a run when the corpus Asset is updated (a producer DAG or the REST API).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
@@ -68,6 +69,7 @@ FAST_AIRFLOW = {
     "cluster_waiter_max_attempts": 30,
     "step_poke_interval_s": 1,
     "step_timeout_s": 120,
+    "step_log_wait_s": 5,
     "schedule": None,
 }
 
@@ -97,6 +99,11 @@ def fresh_dag(dag_id: str):
     return DagBag(dag_folder=str(REPO / "dags")).get_dag(dag_id)
 
 
+def step_log_error(step: str) -> str:
+    """The `error: ` line a failed step's logs hold in the harness (not in FailureDetails)."""
+    return f"error: {step}: the line from the step's own log in S3"
+
+
 def step_base_name(name: str) -> str:
     return name.split(" [", 1)[0]
 
@@ -115,7 +122,9 @@ class EmrHarness:
 
     On completion of a step it writes a stand-in for that step's metrics into S3, so that
     collection has something to read. `hold_step` stays RUNNING until `release()` (forever if
-    never released: a step that hangs). `watched` holds the steps someone asked EMR about
+    never released: a step that hangs). A failed step's logs go to the cluster's LogUri as
+    EMR puts them (`<LogUri>/<cluster>/steps/<step>/stderr.gz`, stdout.gz) unless `step_logs` is
+    false (EMR has not uploaded them yet). `watched` holds the steps someone asked EMR about
     (DescribeStep) while they were RUNNING (the conftest fixture records them); with
     `until_watched`, a step ends only once its sensor has seen it running.
     """
@@ -127,12 +136,14 @@ class EmrHarness:
         step_seconds: float = 0.3,
         hold_step: str | None = None,
         until_watched: bool = False,
+        step_logs: bool = True,
     ) -> None:
         self.s3 = s3_client
         self.fail_step = fail_step
         self.step_seconds = step_seconds
         self.hold_step = hold_step
         self.until_watched = until_watched
+        self.step_logs = step_logs
         self.completed: list[str] = []
         self.watched: set[str] = set()
         self._released = threading.Event()
@@ -199,6 +210,8 @@ class EmrHarness:
                 "LogFile": f"s3://{BUCKET}/{PREFIX}/emr-logs/{cluster.id}/steps/{active.id}/stderr.gz",
             }
             active.state = "FAILED"
+            if self.step_logs:
+                self._write_step_logs(cluster, active.id, name)
             for later in cluster.steps:
                 if later.state == "PENDING":
                     later.state = "CANCELLED"
@@ -207,6 +220,28 @@ class EmrHarness:
         self._write_outputs(name, list(active.args))
         active.state = "COMPLETED"
         self.completed.append(name)
+
+    def _write_step_logs(self, cluster, step_id: str, name: str) -> None:
+        """What a failed cluster-mode step leaves in the LogUri: spark-submit's YARN report in
+        the step's stderr, and the driver's output, with our one `error: ` line, in the YARN
+        application master's container logs."""
+        bucket, _, prefix = cluster.log_uri[len("s3://") :].rstrip("/").partition("/")
+        app = "application_1764403200000_0001"
+        stderr = (
+            f"26/11/29 08:00:00 INFO Client: Application report for {app} (state: FINISHED)\n"
+            f'Exception in thread "main" org.apache.spark.SparkException: Application {app} '
+            "finished with failed status\n"
+        )
+        driver = f"{name}: reading the corpus\n{step_log_error(name)}\n"
+        logs = {
+            f"steps/{step_id}/stderr.gz": stderr,
+            f"steps/{step_id}/stdout.gz": "",
+            f"containers/{app}/container_1764403200000_0001_01_000001/stdout.gz": driver,
+            f"containers/{app}/container_1764403200000_0001_01_000001/stderr.gz": "INFO SparkContext\n",
+        }
+        for path, text in logs.items():
+            key = f"{prefix}/{cluster.id}/{path}"
+            self.s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode()))
 
     def _write_outputs(self, step: str, args: list[str]) -> None:
         # Where the step writes comes from its config, the one record the step reads (as on EMR).

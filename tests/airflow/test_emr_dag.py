@@ -14,7 +14,7 @@ import threading
 from typing import NamedTuple
 
 import pytest
-from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name
+from airflow_testing import BUCKET, PREFIX, fresh_dag, step_base_name, step_log_error
 from conftest import aws_connection
 from launchers.emr_box.proxy import OutageProxy
 
@@ -123,6 +123,22 @@ def test_a_failed_step_fails_the_run_and_terminates_the_cluster(failing, dagbag,
     log = capfd.readouterr().out  # dag.test() prints the task logs
     assert f"simulated failure of the {failing} step" in log
     assert "stderr.gz" in log  # the failing step's log location
+    # the error line of the step's own logs in S3 (the cluster-mode driver's container log)
+    assert f"{step_log_error(failing)} (in s3://{BUCKET}/{PREFIX}/emr-logs/{cluster['Id']}/containers/" in log
+
+
+def test_a_failed_step_whose_logs_are_not_in_s3_yet_says_so(dagbag, harness, emr_client, emr_settings, capfd):
+    emr_settings(step_log_wait_s=1)
+    before = all_cluster_ids(emr_client)
+    with harness(fail_step="window", step_logs=False):
+        state, tasks, tries = run_emr_dag(dagbag)
+    assert state == "failed", tasks
+    assert tasks["watch_window"] == "failed" and tasks["terminate_cluster"] == "success"
+    [cluster] = clusters_of_run(emr_client, before)
+    log = capfd.readouterr().out
+    assert "simulated failure of the window step" in log
+    assert "step logs not in S3 yet after 1 s (EMR uploads them every few minutes): look at " in log
+    assert f"emr-logs/{cluster['Id']}/steps/" in log
 
 
 def test_cluster_creation_failure_fails_the_run_and_terminates(dagbag, emr_moto, s3, emr_client, capfd):

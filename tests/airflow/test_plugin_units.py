@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import re
+import time
 import zipfile
 
 import pytest
@@ -72,6 +73,7 @@ def test_step_arguments_are_the_same_for_local_and_emr_but_for_the_front():
         assert spec["HadoopJarStep"]["Jar"] == "command-runner.jar"
         args = spec["HadoopJarStep"]["Args"]
         assert args[:3] == ["spark-submit", "--deploy-mode", "cluster"]
+        assert args[args.index("spark.yarn.maxAppAttempts=1") - 1] == "--conf"  # one YARN attempt
         assert args[args.index("--py-files") + 1] == "s3://b/p/runs/r1/code/spark_jobs.zip"
         script = args.index(f"s3://b/p/runs/r1/code/{step.name}.py")
         # the staged config is the one record of the run: no --set list beside it
@@ -402,3 +404,35 @@ def test_stage_refuses_a_run_the_cluster_cannot_hold_before_touching_aws():
     # no moto server: the refusal comes before any AWS call
     with pytest.raises(ConfigError, match=r"^training.num_workers=8 needs 8 executors .* give 2: "):
         stage_emr_run(raw, settings, params, "manual__too-many-workers")
+
+
+def test_step_log_tail_prefers_our_error_line_and_says_when_logs_are_missing(s3):
+    import gzip
+
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow_testing import BUCKET, REGION
+    from llm_decoder_airflow.steplogs import error_lines, step_log_tail
+
+    hook = S3Hook(aws_conn_id="aws_default", region_name=REGION)
+    log_uri = f"s3n://{BUCKET}/units-logs/"  # as DescribeCluster reports it
+    base = "units-logs/j-UNIT/steps/s-1"
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    missing = step_log_tail(hook, log_uri, "j-UNIT", "s-1", wait_s=1, poll_s=0.3, sleep=sleep)
+    assert missing.startswith("step logs not in S3 yet after 1 s") and sleeps  # it waited, bounded
+    assert f"s3://{BUCKET}/{base}/stderr.gz" in missing
+
+    # client mode: the Python driver's output is in the step's stdout
+    stdout = "INFO starting\nTraceback (most recent call last):\nerror: train: corpus is empty\nINFO bye\n"
+    s3.put_object(Bucket=BUCKET, Key=f"{base}/stdout.gz", Body=gzip.compress(stdout.encode()))
+    s3.put_object(Bucket=BUCKET, Key=f"{base}/stderr.gz", Body=gzip.compress(b"WARN nothing\n"))
+    tail = step_log_tail(hook, log_uri, "j-UNIT", "s-1", wait_s=0)
+    assert tail == f"error: train: corpus is empty (in s3://{BUCKET}/{base}/stdout.gz)"
+    # no `error: ` line: the last lines that name an error, of each log
+    assert error_lines("a\nValueError: bad\nb\n") == ["ValueError: bad"]
+    assert error_lines("a\nb\n", count=1) == ["b"]
+    assert step_log_tail(hook, None, "j-UNIT", "s-1", wait_s=0) == "no step logs: the cluster has no LogUri"
