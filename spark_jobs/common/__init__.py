@@ -4,6 +4,7 @@
     config.py         PipelineConfig: one YAML file + `--set key=value` overrides, validated
     storage.py        a run's files on a local disk or S3 (pyarrow.fs), the run layout, `_SUCCESS` commits
     errors.py         errors a user can fix (one line, exit 2)
+    finite_json.py    the JSON files we write: never a bare NaN or Infinity
     logs.py           logging with the run id and step on every line
     spark_session.py  the SparkSession, built the same way by every step
 

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from tokenizers import Tokenizer
 from torch import nn
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 from spark_jobs.common.config import ModelConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.models import DecoderModel, build_model
@@ -90,7 +90,7 @@ def save_model(
         table = {"embeddings": model.get_buffer("embeddings").detach().cpu().contiguous()}
         storage.write_bytes(storage.join(out_uri, EMBEDDINGS_FILE), safetensors.torch.save(table))
     storage.write_text(storage.join(out_uri, TOKENIZER_FILE), tokenizer_text)
-    storage.write_text(storage.join(out_uri, CONFIG_FILE), json.dumps(config, indent=2) + "\n")
+    finite_json.write(storage.join(out_uri, CONFIG_FILE), config)
     log.info("saved %s model (%d parameters) to %s", model.kind, config["parameters"], out_uri)
 
 

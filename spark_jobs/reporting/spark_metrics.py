@@ -341,10 +341,14 @@ def _recent_tasks(
 
 def write_spark_metrics(metrics: Mapping[str, Any], metrics_dir: str) -> str:
     """Write `<metrics_dir>/spark.json` (local or s3://); returns its URI."""
-    from spark_jobs.common import storage
+    from spark_jobs.common import finite_json, storage
 
     uri = storage.join(metrics_dir, "spark.json")
-    storage.write_text(uri, json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    # Spark's own figures may hold a NaN (a ratio over nothing): null, with the reason.
+    text = finite_json.dumps(
+        finite_json.with_nulls(dict(metrics)), uri, indent=2, sort_keys=True, default=str
+    )
+    storage.write_text(uri, text)
     return uri
 
 

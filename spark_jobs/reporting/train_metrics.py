@@ -20,7 +20,7 @@ import psutil
 import torch
 from torch import nn
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 
 EPOCH_COLUMNS = [
     "epoch",
@@ -57,10 +57,13 @@ class MetricsWriter:
         self.flush()
 
     def log_step(self, record: dict[str, Any]) -> None:
+        # A non-finite figure of one step (an overflowing gradient norm) is kept as null, with
+        # the reason under "non_finite": the loss itself is guarded before it gets here.
+        record = finite_json.with_nulls(record)
         self.steps.append(record)
         if self._local:
             with open(self.steps_uri, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(finite_json.dumps(record, self.steps_uri) + "\n")
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         self.epochs.append({k: record.get(k) for k in EPOCH_COLUMNS})
@@ -68,7 +71,9 @@ class MetricsWriter:
 
     def flush(self) -> None:
         """Rewrite every file from memory (the only way to update them on S3)."""
-        storage.write_text(self.steps_uri, "".join(json.dumps(r) + "\n" for r in self.steps))
+        storage.write_text(
+            self.steps_uri, "".join(finite_json.dumps(r, self.steps_uri) + "\n" for r in self.steps)
+        )
         storage.write_text(self.epochs_uri, _csv_text(self.epochs))
 
 
@@ -106,7 +111,7 @@ def read_steps(metrics_dir: str) -> list[dict[str, Any]]:
 def write_run_summary(metrics_dir: str, summary: dict[str, Any]) -> str:
     """Write metrics/summary.json (see spark_jobs.reporting.summary); returns its URI."""
     uri = storage.join(metrics_dir, "summary.json")
-    storage.write_text(uri, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    finite_json.write(uri, summary, sort_keys=True)
     return uri
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.data import corpus as corpus_io
 from spark_jobs.data import embeddings as emb
@@ -244,12 +243,12 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
             storage.join(out, "token_counts.csv"), token_counts_csv(counts, id_to_token, known)
         )
         split = split_record(config, documents, train_ends, val_first_segment)
-        storage.write_text(storage.join(out, "split.json"), json.dumps(split, indent=2) + "\n")
+        finite_json.write(storage.join(out, "split.json"), split)
         documents_json = [
             {"doc_id": d.doc_id, "path": d.path, "chars": len(d.text), "tokens": per_doc.get(d.doc_id, 0)}
             for d in documents
         ]
-        storage.write_text(storage.join(out, "documents.json"), json.dumps(documents_json, indent=2) + "\n")
+        finite_json.write(storage.join(out, "documents.json"), documents_json)
 
         stats = {
             "run_id": config.run.id,
@@ -269,7 +268,7 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
             "seconds": round(time.perf_counter() - started, 3),
             "tokens_per_s": round(total_tokens / max(encode_seconds, 1e-9), 1),
         }
-        storage.write_text(storage.join(out, "stats.json"), json.dumps(stats, indent=2) + "\n")
+        finite_json.write(storage.join(out, "stats.json"), stats)
         record_step_metrics(spark, job_group, out)
     log.info(
         "preprocess done: %d documents, %d chars, %d tokens (%.2f chars/token), %.1f s, %.0f tokens/s",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import InputError, TrainingError
 from spark_jobs.data.embeddings import read_table
@@ -109,6 +110,12 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
                 f"{window_dir}/train: {num_train} windows give each of training.num_workers="
                 f"{cfg.num_workers} workers fewer than training.batch_size={cfg.batch_size}"
             )
+    if cfg.strategy == "ddp" and num_val < cfg.num_workers:
+        raise InputError(
+            f"{window_dir}/val: {num_val} validation windows for training.num_workers={cfg.num_workers} "
+            "ddp ranks, and every rank needs at least one; use fewer workers or more validation text "
+            "(training.valid_split)"
+        )
 
     run_uri = storage.run_dir(root, run_id)
     scratch = (
@@ -173,6 +180,13 @@ def validate_full_split(model, window_dir: str, tokenizer_uri: str, config: Pipe
         for ids in scored_target_ids(windows, mask, doc_ids, model.target_offsets)
     )
     figures = score.figures(model.has_likelihood, chars)
+    if not math.isfinite(figures["val_loss"]):
+        why = (
+            "no validation targets to score"
+            if not score.targets
+            else "the model's predictions are not finite"
+        )
+        raise TrainingError(f"val_loss is {figures['val_loss']} on the full validation split: {why}")
     log.info(
         "full validation split: %d targets, %d chars, val loss %.4f, accuracy %.4f, %.1f s",
         *(score.targets, chars, figures["val_loss"], figures["val_accuracy"], time.perf_counter() - started),
@@ -257,7 +271,7 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         model_io.save_model(model, config.model, storage.join(out, "model"), tokenizer_uri, metadata)
 
     samples = sample_generations(model, tokenizer_uri, config)
-    storage.write_text(storage.join(inputs.metrics_dir, "samples.json"), json.dumps(samples, indent=2) + "\n")
+    finite_json.write(storage.join(inputs.metrics_dir, "samples.json"), samples)
     # The strategy's own Spark jobs (None for `single`, which trains without Spark).
     spark_json = storage.join(inputs.metrics_dir, "spark.json")
     storage.delete(spark_json)  # an earlier attempt's, perhaps under another strategy

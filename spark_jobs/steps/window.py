@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.spark_session import get_spark
@@ -120,11 +120,10 @@ def run(config: PipelineConfig, **_: Any) -> dict:
                 "chars": recorded_split["chars"][split],  # the text's characters, from preprocess
                 **partition_stats(rows),
             }
-        text = json.dumps(distribution, indent=2) + "\n"
-        storage.write_text(storage.join(out, "data_distribution.json"), text)
+        finite_json.write(storage.join(out, "data_distribution.json"), distribution)
         # Timing lives apart from data_distribution.json, which is identical across re-runs.
         timing = {"run_id": config.run.id, "seconds": round(time.perf_counter() - began, 3)}
-        storage.write_text(storage.join(out, "stats.json"), json.dumps(timing, indent=2) + "\n")
+        finite_json.write(storage.join(out, "stats.json"), timing)
         record_step_metrics(spark, job_group, out)
 
     seconds = time.perf_counter() - began

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from spark_jobs.common import storage
+from spark_jobs.common import finite_json, storage
 from spark_jobs.common.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,8 @@ def save_checkpoint(
     with storage.step_output(uri) as out:
         for name, data in blobs.items():
             storage.write_bytes(storage.join(out, name), data)
-        storage.write_text(storage.join(out, "state.json"), json.dumps(record, indent=1))
+        state_uri = storage.join(out, "state.json")
+        storage.write_text(state_uri, finite_json.dumps(record, state_uri, indent=1))
     for _, old in list_checkpoints(checkpoint_dir)[:-keep]:
         storage.delete(old)
     log.info("checkpoint step %d → %s", step, uri)

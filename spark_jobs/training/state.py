@@ -230,6 +230,16 @@ class TrainingRun:
         )
         result["step"] = self.pos.step
         result["sampled_windows"] = sum(len(rows) for rows in self.val_subset) * self.world_size
+        if not math.isfinite(result["val_loss"]):  # every rank sees the same all-reduced loss
+            why = (
+                "no validation windows to score"
+                if not self.val_subset
+                else "the model's predictions are not finite (training diverged)"
+            )
+            raise TrainingError(
+                f"val_loss is {result['val_loss']} at step {self.pos.step}: {why}; "
+                f"last good checkpoint: {self.last_checkpoint or 'none'}"
+            )
         if self.metrics:
             self.metrics.log_step({"kind": "eval", "step": self.pos.step, "epoch": self.pos.epoch, **result})
         self.pos.last_val = result

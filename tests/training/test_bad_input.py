@@ -184,3 +184,67 @@ def test_windows_that_disagree_with_the_recorded_count_are_refused(new_run, tiny
     ):
         train.run(tiny_config(root, run_id))
     _assert_nothing_committed(root, run_id)
+
+
+def _strict_lines(path):
+    def refuse(token):
+        raise AssertionError(f"{path}: bare {token} in JSON")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_a_non_finite_validation_loss_stops_the_run_with_a_reason(new_run, tiny_config):
+    """lr 1e30 blows the weights up in one step; evaluating after it is what finds out."""
+    root, run_id = new_run()
+    config = tiny_config(
+        root,
+        run_id,
+        "training.learning_rate=1e30",
+        "training.warmup_steps=0",
+        "training.grad_clip=0",
+        "training.eval_interval=1",
+    )
+    with pytest.raises(TrainingError) as info:
+        train.run(config)
+    message = str(info.value)
+    assert message.startswith(("val_loss is nan at step 1: ", "val_loss is inf at step 1: "))
+    assert "the model's predictions are not finite" in message and "last good checkpoint: none" in message
+    metrics = root / "runs" / run_id / "metrics"
+    records = _strict_lines(metrics / "steps.jsonl")  # whatever was written is strict JSON
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0]
+    _assert_nothing_committed(root, run_id)
+
+
+def test_no_validation_windows_is_a_reason_not_a_nan(new_run, tiny_config):
+    root, run_id = new_run()
+    window = root / "runs" / run_id / "window"
+    for part in (window / "val").glob("*.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.slice(0, 0), part)
+    distribution = json.loads((window / "data_distribution.json").read_text())
+    distribution["val"]["windows"] = 0
+    (window / "data_distribution.json").write_text(json.dumps(distribution))
+    with pytest.raises(
+        TrainingError,
+        match=r"^val_loss is nan at step 0: no validation windows to score; last good checkpoint: none$",
+    ):
+        train.run(tiny_config(root, run_id))
+
+
+def test_ddp_needs_a_validation_window_for_every_rank(new_run, tiny_config):
+    root, run_id = new_run()
+    window = root / "runs" / run_id / "window"
+    parts = sorted((window / "val").glob("*.parquet"))
+    pq.write_table(pq.read_table(parts[0]).slice(0, 1), parts[0])
+    for part in parts[1:]:
+        part.unlink()
+    distribution = json.loads((window / "data_distribution.json").read_text())
+    distribution["val"]["windows"] = 1
+    (window / "data_distribution.json").write_text(json.dumps(distribution))
+    with pytest.raises(
+        InputError,
+        match=rf"^{window}/val: 1 validation windows for training.num_workers=2 ddp ranks, and every rank "
+        r"needs at least one; use fewer workers or more validation text \(training.valid_split\)$",
+    ):
+        train.run(tiny_config(root, run_id, "training.strategy=ddp", "training.num_workers=2"))
+    _assert_nothing_committed(root, run_id)

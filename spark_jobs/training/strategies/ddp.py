@@ -53,7 +53,7 @@ def _rank_main(
     import torch
     import torch.distributed as dist
 
-    from spark_jobs.common import storage
+    from spark_jobs.common import finite_json, storage
     from spark_jobs.common.config import PipelineConfig
     from spark_jobs.common.errors import PipelineError
     from spark_jobs.common.logs import configure_logging
@@ -81,7 +81,8 @@ def _rank_main(
         return result
     except PipelineError as exc:
         record = {"type": type(exc).__name__, "message": str(exc)}
-        storage.write_text(storage.join(error_dir, f"rank-{rank}.json"), json.dumps(record))
+        record_uri = storage.join(error_dir, f"rank-{rank}.json")
+        storage.write_text(record_uri, finite_json.dumps(record, record_uri))
         raise
     finally:
         dist.destroy_process_group()
