@@ -115,6 +115,9 @@ class TrainingConfig(_Section):
     average_optimizer_state: bool = True
     # ddp: run torchrun on the driver (True) or as barrier tasks on executors (False).
     ddp_local_mode: bool = True
+    # ddp: how long a rank waits for the others (joining, every gradient exchange) before the
+    # step fails; gloo's own default of 30 minutes would leave a run hanging on a lost rank.
+    ddp_timeout_minutes: float = Field(5.0, gt=0)
     checkpoint_interval: int = Field(200, gt=0)
     keep_checkpoints: int = Field(3, gt=0)
     log_interval: int = Field(10, gt=0)

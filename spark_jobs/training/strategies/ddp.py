@@ -17,6 +17,10 @@ re-runs a barrier result stage. The driver then runs the ranks again, up to `MAX
 times, and they resume from the newest checkpoint in the run's storage; an error a rank
 raised itself (bad input, a bug) is not retried, it would fail the same way again.
 
+A rank waits at most `training.ddp_timeout_minutes` for the others, when joining the process
+group and in every collective (gloo's default is 30 minutes): a rank lost mid-run fails the
+step instead of leaving it hanging.
+
 Threads: a barrier-mode rank uses the cores Spark gave its task (spark.task.cpus). The rank
 runs under torchrun in a child process of the task, where TaskContext is not available, so
 the driver passes the number along.
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from spark_jobs.common import errors, storage
@@ -44,6 +49,11 @@ _LOST_EXECUTOR = ("ExecutorLostFailure", "executor lost", "Executor heartbeat ti
 
 # The figures that depend on a rank's own clock: rank 0's are returned by every rank.
 _TIMED = ("tokens_per_s", "samples_per_s", "train_s")
+
+
+def process_group_options(config: PipelineConfig) -> dict[str, Any]:
+    """The arguments of each rank's `init_process_group`: gloo (CPU), and a bounded wait."""
+    return {"backend": "gloo", "timeout": timedelta(minutes=config.training.ddp_timeout_minutes)}
 
 
 def _rank_main(
@@ -70,7 +80,7 @@ def _rank_main(
         embeddings = load(storage.read_bytes(embeddings_uri))["embeddings"]
     inputs = TrainInputs(embeddings=embeddings, **fields)
 
-    dist.init_process_group("gloo")
+    dist.init_process_group(**process_group_options(config))
     rank, world = dist.get_rank(), dist.get_world_size()
     configure_logging(config.run.id, f"train-rank{rank}", config.run.log_level if rank == 0 else "WARNING")
     try:
