@@ -141,25 +141,12 @@ def test_missing_or_bad_directory_is_an_input_error(tmp_path, saved_models):
 
 
 @pytest.fixture
-def s3_bucket(monkeypatch):
+def s3_bucket(s3_endpoint):
     """A bucket on a moto server on 127.0.0.1, reached through the same env vars as on EMR."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="models")
-    yield "s3://models"
-    server.stop()
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="models")
+    return "s3://models"
 
 
 def test_save_and_load_through_s3(s3_bucket, make_config, tokenizer, vocab_size, embeddings):

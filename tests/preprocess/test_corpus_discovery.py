@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from spark_jobs.common import storage
 from spark_jobs.common.errors import InputError
 from spark_jobs.data.corpus import read_corpus
 from spark_jobs.data.corpus_files import find_corpus_files, match_parts
@@ -102,28 +101,14 @@ def test_match_parts():
 
 
 @pytest.fixture
-def s3_corpus(monkeypatch) -> str:
+def s3_corpus(s3_endpoint) -> str:
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(storage, "_bucket_regions", {})
-    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="corpora")
     for key in ("texts[v1]/a.txt", "texts[v1]/b.md", "texts[v1]/deep/c.txt", "texts[v1]/_SUCCESS"):
         s3.put_object(Bucket="corpora", Key=key, Body=b"text\n")
-    yield "s3://corpora/texts[v1]"
-    server.stop()
+    return "s3://corpora/texts[v1]"
 
 
 def test_s3_follows_the_same_rules(s3_corpus):

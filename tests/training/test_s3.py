@@ -12,24 +12,11 @@ from spark_jobs.steps import train
 
 
 @pytest.fixture
-def s3_root(monkeypatch):
+def s3_root(s3_endpoint):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="runs")
-    yield "s3://runs/prefix"
-    server.stop()
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="runs")
+    return "s3://runs/prefix"
 
 
 def test_train_reads_writes_and_resumes_on_s3(s3_root, new_run, tiny_config, upload_tree):

@@ -109,21 +109,10 @@ def fake_run(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def moto_s3(monkeypatch: pytest.MonkeyPatch):
-    """A moto S3 server on 127.0.0.1 with one bucket; yields s3://bucket/prefix."""
+def moto_s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A moto S3 server on 127.0.0.1 with one bucket; s3://bucket/prefix."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="reports")
-    try:
-        yield "s3://reports/prefix"
-    finally:
-        server.stop()
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="reports")
+    return "s3://reports/prefix"
