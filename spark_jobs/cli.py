@@ -16,8 +16,10 @@ import typer
 
 from spark_jobs.common.config import PipelineConfig, load_config
 from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.pipeline import STEP_NAMES
+from spark_jobs.common.storage import run_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 log = logging.getLogger("spark_jobs.cli")
@@ -51,9 +53,10 @@ def _run_step(
     try:
         cfg = _load(config, overrides, step)
         run = _step_function(step)
-        if step == "train" and sys.stderr.isatty():
-            return _with_progress_bar(lambda: run(cfg, **kwargs))
-        return run(cfg, **kwargs)
+        with run_lease(run_dir(cfg.run.root, cfg.run.id), step):  # one writer per run
+            if step == "train" and sys.stderr.isatty():
+                return _with_progress_bar(lambda: run(cfg, **kwargs))
+            return run(cfg, **kwargs)
     except PipelineError as exc:
         _fail(exc, verbose)
 

@@ -17,7 +17,9 @@ from typing import Any
 
 from spark_jobs.common.config import PipelineConfig, load_config
 from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
+from spark_jobs.common.storage import run_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,8 @@ def run_step_main(step: str, step_fn: StepFunction, argv: list[str] | None = Non
         config = load_config(args.config, args.overrides)
         configure_logging(config.run.id, step, config.run.log_level)
         kwargs = {"resume": True} if args.resume else {}
-        step_fn(config, **kwargs)
+        with run_lease(run_dir(config.run.root, config.run.id), step):  # one writer per run
+            step_fn(config, **kwargs)
     except PipelineError as exc:
         if args.verbose:
             log.exception("%s failed", step)
