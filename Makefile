@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench airflow emr-box clean
+.PHONY: venv run test lint bench airflow emr-box emr-plan clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 comes from the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -33,6 +33,11 @@ airflow: $(STAMP)
 STRATEGY ?= ddp
 emr-box: $(STAMP)
 	$(AIRFLOW_ENV) $(BIN)/python -m launchers.emr_box --strategy $(STRATEGY)
+
+# The exact requests the EMR DAG would send for configs/emr.yaml (one JSON object: run_job_flow,
+# steps, estimate_usd), no AWS call. ARGS='--set training.num_workers=2 --set emr.core_instance_count=3'
+emr-plan: $(STAMP)
+	@$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.plan $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.providers.amazon.aws.operators.emr import EmrTerminateJobFlowOperator
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 from llm_decoder_airflow import emr, tasks
-from llm_decoder_airflow.operators import EmrCreateClusterOperator, EmrStepWatcher
+from llm_decoder_airflow.operators import EmrCreateClusterOperator, EmrStepWatcher, EmrTerminateRunClusters
 from llm_decoder_airflow.params import emr_params
 from llm_decoder_airflow.pipeline import run_config
 from llm_decoder_airflow.settings import load_emr_config
@@ -136,9 +135,12 @@ with DAG(
     summary = collect_metrics(staged["root"], staged["run_id"], create_cluster.output)
     promoted = promote_model(staged["root"], summary)
 
-    terminate_cluster = EmrTerminateJobFlowOperator(
+    # Without a cluster id (create_cluster died after RunJobFlow), it terminates the clusters
+    # tagged with the run's id: no cluster is left without an owner.
+    terminate_cluster = EmrTerminateRunClusters(
         task_id="terminate_cluster",
         job_flow_id=create_cluster.output,
+        cluster_run_id=staged["run_id"],
         aws_conn_id=AIRFLOW.aws_conn_id,
         region_name=REGION,
         deferrable=False,
@@ -150,4 +152,6 @@ with DAG(
     # S3, so the cluster does not idle while they run, and they stay leaves of the DAG: a failed
     # step or collection still fails the run, and so does a failed termination.
     watch_steps[-1] >> terminate_cluster
-    terminate_cluster.as_teardown(setups=create_cluster, on_failure_fail_dagrun=True)
+    # stage is a setup too: the teardown runs when create_cluster failed (at least one setup
+    # succeeded), and looks for a cluster that RunJobFlow started all the same.
+    terminate_cluster.as_teardown(setups=[staged.operator, create_cluster], on_failure_fail_dagrun=True)

@@ -12,9 +12,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from llm_decoder_airflow.files import join
 from llm_decoder_airflow.pipeline import spark_submit_args, step_spark_options
-from llm_decoder_airflow.settings import EmrSettings
+from llm_decoder_airflow.settings import EmrSettings, describe
 from llm_decoder_airflow.staging import (
     BOOTSTRAP_SCRIPT,
     CODE_ARCHIVE,
@@ -23,6 +25,7 @@ from llm_decoder_airflow.staging import (
     staged_script,
 )
 from spark_jobs.common.config import PipelineConfig
+from spark_jobs.common.errors import ConfigError
 from spark_jobs.common.pipeline import STEPS, Step
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,12 @@ NODE_VENV = "/opt/llm-decoder/venv"
 NODE_PYTHON = f"{NODE_VENV}/bin/python"
 # A failed step cancels the ones after it and leaves the cluster to the teardown task.
 ACTION_ON_FAILURE = "CANCEL_AND_WAIT"
+# The cluster states in which a cluster still runs (and bills); ListClusters filters on them.
+ACTIVE_STATES = ("STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING")
+RUN_ID_TAG = "run_id"
+# The service role's AmazonEMRServicePolicy_v2 acts only on resources carrying this tag; EMR
+# passes the cluster's tags on to the instances, volumes and launch templates it creates.
+MANAGED_POLICY_TAG = {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"}
 # Where the AWS SDKs (boto3, pyarrow's S3, the AWS CLI) look for the region.
 REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 
@@ -46,7 +55,13 @@ def settings_for_run(emr: EmrSettings, params: Mapping[str, Any]) -> EmrSettings
         "bucket": params.get("bucket"),
         "prefix": params.get("prefix"),
     }
-    return emr.model_copy(update={k: v for k, v in update.items() if v is not None})
+    # Validated again: a Param (the REST API, an old form) must not bypass the settings' rules.
+    try:
+        return EmrSettings.model_validate(
+            {**emr.model_dump(), **{k: v for k, v in update.items() if v is not None}}
+        )
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, "EMR run settings (Params + configs/emr.yaml)")) from None
 
 
 def run_root(emr: EmrSettings) -> str:
@@ -167,7 +182,8 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
         "AutoTerminationPolicy": {"IdleTimeout": emr.idle_timeout_s},
         "Tags": [
             {"Key": "project", "Value": PROJECT_TAG},
-            {"Key": "run_id", "Value": run_id},
+            {"Key": RUN_ID_TAG, "Value": run_id},
+            MANAGED_POLICY_TAG,
             *({"Key": k, "Value": v} for k, v in sorted(emr.tags.items())),
         ],
     }
@@ -231,3 +247,19 @@ def add_missing_steps(
     by_step = {step_of(spec["Name"]): existing[spec["Name"]] for spec in specs}
     log.info("cluster %s steps: %s", job_flow_id, by_step)
     return by_step
+
+
+def active_clusters_of_run(emr_client: Any, run_id: str) -> list[str]:
+    """The ids of the still-active clusters tagged run_id=<run_id> (ListClusters + DescribeCluster).
+
+    The owner lookup for a cluster whose id never reached XCom: create_cluster died after
+    RunJobFlow returned. The `run_id` tag is on every cluster this DAG creates (cluster_spec).
+    """
+    owned = []
+    for page in emr_client.get_paginator("list_clusters").paginate(ClusterStates=list(ACTIVE_STATES)):
+        for summary in page["Clusters"]:
+            cluster = emr_client.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            tags = {tag["Key"]: tag["Value"] for tag in cluster.get("Tags", [])}
+            if tags.get(RUN_ID_TAG) == run_id and tags.get("project") == PROJECT_TAG:
+                owned.append(summary["Id"])
+    return owned

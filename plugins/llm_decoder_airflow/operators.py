@@ -29,13 +29,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator
+from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator, EmrTerminateJobFlowOperator
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError, HTTPClientError, WaiterError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
+from llm_decoder_airflow.emr import RUN_ID_TAG, active_clusters_of_run
 from llm_decoder_airflow.steplogs import step_log_tail
 
 FAILED_STATES = ("FAILED", "CANCELLED", "INTERRUPTED")
@@ -95,6 +96,36 @@ class EmrCreateClusterOperator(EmrCreateJobFlowOperator):
                     cluster.get("LogUri"),
                 )
             raise
+
+
+class EmrTerminateRunClusters(EmrTerminateJobFlowOperator):
+    """Terminates the run's cluster; without its id, every active cluster tagged with the run's id.
+
+    create_cluster can die after RunJobFlow returned but before it pushed the cluster id to
+    XCom (a lost worker, a timeout, the waiter's error): the cluster runs, and `job_flow_id`
+    renders to None. No cluster is left without an owner: the tag `run_id` finds it.
+    """
+
+    template_fields = (*EmrTerminateJobFlowOperator.template_fields, "cluster_run_id")
+
+    def __init__(self, *, cluster_run_id: str, job_flow_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(job_flow_id=job_flow_id, **kwargs)  # type: ignore[arg-type]
+        self.cluster_run_id = cluster_run_id
+
+    def execute(self, context: Any) -> None:
+        if self.job_flow_id:
+            return super().execute(context)
+        owned = active_clusters_of_run(self.hook.conn, self.cluster_run_id)
+        self.log.warning(
+            "no cluster id from create_cluster: active clusters tagged %s=%s: %s",
+            RUN_ID_TAG,
+            self.cluster_run_id,
+            owned or "none",
+        )
+        for job_flow_id in owned:
+            self.job_flow_id = job_flow_id
+            super().execute(context)
+        return None
 
 
 class StepStateTrigger(BaseTrigger):

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from llm_decoder_airflow.settings import PROJECT_ROOT, AirflowSettings, EmrSettings
+from llm_decoder_airflow.settings import PROJECT_ROOT, RELEASE_LABEL_PATTERN, AirflowSettings, EmrSettings
 from spark_jobs.common.config import MODEL_KINDS, STRATEGY_NAMES, PipelineConfig, validate_config
 
 OVERRIDE_PATTERN = r"^[a-z_]+(\.[a-z_]+)+=.*$"
@@ -146,9 +146,10 @@ def emr_params(pipeline_raw: Mapping[str, Any], emr: EmrSettings) -> dict[str, P
         "release_label": Param(
             emr.release_label,
             type="string",
-            pattern=r"^emr-[0-9]+\.[0-9]+\.[0-9]+$",
+            pattern=RELEASE_LABEL_PATTERN,
             title="EMR release",
-            description="emr-7.12.0 ships Spark 3.5.6, the pyspark this project pins and tests.",
+            description="emr-7.x only (the bootstrap's dnf/python3.11 route needs Amazon Linux 2023); "
+            "emr-7.12.0 ships Spark 3.5.6, the pyspark this project pins and tests.",
         ),
         "bucket": Param(
             emr.bucket,

@@ -22,6 +22,13 @@ EMR_CONFIG_ENV = "LLM_DECODER_EMR_CONFIG"
 LOCAL_CONFIG_ENV = "LLM_DECODER_LOCAL_CONFIG"
 
 
+RELEASE_LABEL_PATTERN = r"^emr-7\.[0-9]+\.[0-9]+$"
+RELEASE_LABEL_WHY = (
+    "emr-7.x only: the bootstrap action installs Python 3.11 with dnf, which needs the "
+    "Amazon Linux 2023 of EMR 7 (EMR 6 runs Amazon Linux 2)"
+)
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,8 +37,9 @@ class EmrSettings(_Section):
     bucket: str = "llm-decoder-artifacts"
     prefix: str = "llm-decoder"
     region: str = "us-east-1"
-    # emr-7.12.0 ships Spark 3.5.6, the pyspark pinned in pyproject.toml.
-    release_label: str = "emr-7.12.0"
+    # emr-7.12.0 ships Spark 3.5.6, the pyspark pinned in pyproject.toml. emr-7.x only: the
+    # bootstrap installs python3.11 with dnf, which needs Amazon Linux 2023 (EMR 6.x is AL2).
+    release_label: str = Field("emr-7.12.0", pattern=RELEASE_LABEL_PATTERN)
     master_instance_type: str = "m5.xlarge"
     core_instance_type: str = "m5.xlarge"
     core_instance_count: int = Field(2, ge=1)
@@ -40,8 +48,10 @@ class EmrSettings(_Section):
     task_instance_count: int = Field(0, ge=0)
     task_market: str = "SPOT"
     ebs_volume_gb: int = Field(64, ge=16)
+    # The instance profile (its name is still EMR_EC2_DefaultRole) and the current default
+    # service role, with AmazonEMRServicePolicy_v2 (EMR_DefaultRole's v1 policy is deprecated).
     job_flow_role: str = "EMR_EC2_DefaultRole"
-    service_role: str = "EMR_DefaultRole"
+    service_role: str = "EMR_DefaultRole_V2"
     ec2_subnet_id: str | None = None
     ec2_key_name: str | None = None
     security_configuration: str | None = None
@@ -117,10 +127,17 @@ def split_config(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], Sett
     try:
         settings = Settings.model_validate({k: raw[k] for k in AIRFLOW_SECTIONS if raw.get(k) is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{source}: {key}: {err['msg']}") from None
+        raise ConfigError(describe(exc, source)) from None
     return pipeline_raw, settings
+
+
+def describe(exc: ValidationError, source: str) -> str:
+    """The first error of a settings validation, in one line (and why, for the release label)."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["loc"][-1] == "release_label":
+        return f"{source}: {key}: {err.get('input')!r}: {RELEASE_LABEL_WHY}"
+    return f"{source}: {key}: {err['msg']}"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ returns JSON-serialisable dicts, so it is usable and testable outside a running 
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import subprocess
@@ -14,10 +15,12 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from llm_decoder_airflow import emr
 from llm_decoder_airflow.capacity import check_training_fits
 from llm_decoder_airflow.collect import collect_run
-from llm_decoder_airflow.files import FileStore, join
+from llm_decoder_airflow.files import FileStore, is_s3, join, split_s3
 from llm_decoder_airflow.pipeline import (
     code_uri,
     config_overrides,
@@ -33,7 +36,7 @@ from llm_decoder_airflow.pipeline import (
 from llm_decoder_airflow.promote import promote
 from llm_decoder_airflow.settings import Settings
 from llm_decoder_airflow.staging import CONFIG_FILE, stage_code
-from spark_jobs.common.config import dump_config
+from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.common.pipeline import STEPS, step_by_name
 
@@ -60,10 +63,45 @@ def check_aws(aws_conn_id: str | None, bucket: str, region: str | None = None) -
         )
 
 
-def stage_emr_run(
+def s3_input_exists(s3_hook: Any, uri: str) -> bool:
+    """Whether an s3:// input names something: an object, a prefix with objects, or a glob that
+    matches (like the steps: a key that exists as-is is literal, only a missing one is a glob)."""
+    bucket, key = split_s3(uri)
+    if key and s3_hook.check_for_key(key, bucket_name=bucket):
+        return True
+    wildcard = next((i for i, char in enumerate(key) if char in "*?["), None)
+    if wildcard is not None:
+        keys = s3_hook.list_keys(bucket_name=bucket, prefix=key[:wildcard]) or []
+        return any(fnmatch.fnmatchcase(found, key) for found in keys)
+    folder = key.rstrip("/") + "/" if key else ""
+    return bool(s3_hook.list_keys(bucket_name=bucket, prefix=folder, max_items=1))
+
+
+def check_inputs(config: PipelineConfig, aws_conn_id: str | None, region: str | None) -> None:
+    """Before any cluster is created: the corpus (and the embeddings, if set) must exist in S3."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=aws_conn_id, region_name=region)
+    inputs = {
+        "corpus": (config.data.corpus_path, "Param corpus_uri / data.corpus_path"),
+        "embeddings": (config.data.embeddings_path, "Param embeddings_uri / data.embeddings_path"),
+    }
+    for name, (uri, where) in inputs.items():
+        if not uri or not is_s3(uri):
+            continue  # none set (embeddings), or not S3: the steps say what is wrong
+        try:
+            found = s3_input_exists(hook, uri)
+        except ClientError as error:
+            raise InputError(f"{name} {uri} cannot be read: {error} ({where})") from None
+        if not found:
+            raise InputError(f"{name} not found: {uri} (no object, prefix or glob match in S3; {where})")
+
+
+def plan_emr_run(
     pipeline_raw: Mapping[str, Any], settings: Settings, params: Mapping[str, Any], airflow_run_id: str
-) -> dict[str, Any]:
-    """Validate the run's config, upload code + config + bootstrap, build the cluster and step requests."""
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """The run's validated config and the requests the DAG will send for it; no AWS call
+    (`stage` runs this, and so does `make emr-plan`)."""
     cluster = emr.settings_for_run(settings.emr, params)
     run_id = run_id_from_airflow(airflow_run_id)
     root = emr.run_root(cluster)
@@ -72,17 +110,28 @@ def stage_emr_run(
     # Before anything is uploaded or started: a barrier stage the cluster cannot place would
     # wait, billed, until the step sensor's timeout.
     check_training_fits(config, cluster)
-    check_aws(settings.airflow.aws_conn_id, cluster.bucket, cluster.region)
-
     code = code_uri(root, run_id)
-    stage_code(FileStore(settings.airflow.aws_conn_id, cluster.region), code, dump_config(config))
-    return {
+    return config, {
         "run_id": run_id,
         "root": root,
         "code": code,
         "job_flow": emr.cluster_spec(cluster, run_id, code),
         "steps": emr.step_specs(run_id, code, config),
     }
+
+
+def stage_emr_run(
+    pipeline_raw: Mapping[str, Any], settings: Settings, params: Mapping[str, Any], airflow_run_id: str
+) -> dict[str, Any]:
+    """Validate the run's config, check the bucket and inputs, upload code + config + bootstrap;
+    return the cluster and step requests."""
+    config, plan = plan_emr_run(pipeline_raw, settings, params, airflow_run_id)
+    region = settings.emr.region
+    bucket, _ = split_s3(plan["root"])  # the run's bucket (Param bucket or emr.bucket)
+    check_aws(settings.airflow.aws_conn_id, bucket, region)
+    check_inputs(config, settings.airflow.aws_conn_id, region)
+    stage_code(FileStore(settings.airflow.aws_conn_id, region), plan["code"], dump_config(config))
+    return plan
 
 
 def prepare_local_run(

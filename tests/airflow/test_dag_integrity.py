@@ -55,6 +55,7 @@ def test_emr_params_have_bounds(dagbag):
         ("instance_count", 0),
         ("bucket", "Not_A_Bucket"),
         ("release_label", "7.12"),
+        ("release_label", "emr-6.15.0"),  # Amazon Linux 2: the bootstrap needs AL2023
         ("corpus_uri", "/local/path"),
     ]:
         with pytest.raises(ParamValidationError):

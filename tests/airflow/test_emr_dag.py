@@ -73,6 +73,8 @@ def test_success_path(dagbag, harness, s3, emr_client, caplog):
     assert detail["ReleaseLabel"] == "emr-7.12.0"
     tags = {t["Key"]: t["Value"] for t in detail["Tags"]}
     assert tags["project"] == "llm-decoder"
+    assert tags["for-use-with-amazon-emr-managed-policies"] == "true"
+    assert detail["ServiceRole"] == "EMR_DefaultRole_V2"
     run_id = tags["run_id"]
 
     steps = emr_client.list_steps(ClusterId=cluster["Id"])["Steps"]
@@ -265,3 +267,72 @@ def test_an_emr_api_outage_while_a_step_runs_does_not_fail_the_run(
     [cluster] = clusters_of_run(emr_client, before)
     detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
     assert detail["Status"]["State"] == "TERMINATED"
+
+
+def test_a_cluster_whose_id_never_reached_xcom_is_terminated_by_its_run_id_tag(
+    dagbag, emr_moto, s3, emr_client, capfd
+):
+    """create_cluster dies after RunJobFlow returned (a lost worker): the teardown finds the
+    cluster by its run_id tag and terminates it."""
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+    plain_create = EmrHook.create_job_flow
+
+    def create_then_die(self, *args, **kwargs):
+        plain_create(self, *args, **kwargs)
+        raise RuntimeError("worker lost right after RunJobFlow")
+
+    emr_moto.setattr(EmrHook, "create_job_flow", create_then_die)
+    before = all_cluster_ids(emr_client)
+    state, tasks, _ = run_emr_dag(dagbag)
+    assert state == "failed", tasks
+    assert tasks["create_cluster"] == "failed" and tasks["add_steps"] == "upstream_failed"
+    assert tasks["terminate_cluster"] == "success"
+    [cluster] = clusters_of_run(emr_client, before)
+    detail = emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert detail["Status"]["State"] == "TERMINATED"
+    assert "no cluster id from create_cluster: active clusters tagged run_id=" in capfd.readouterr().out
+
+
+def test_the_owner_lookup_terminates_only_the_runs_own_active_clusters(emr_client):
+    """The teardown's logic without a cluster id, on clusters made with moto directly."""
+    from airflow_testing import REGION
+    from llm_decoder_airflow.emr import active_clusters_of_run
+    from llm_decoder_airflow.operators import EmrTerminateRunClusters
+
+    def cluster(run_id: str) -> str:
+        return emr_client.run_job_flow(
+            Name=f"owner-{run_id}",
+            ReleaseLabel="emr-7.12.0",
+            Instances={
+                "InstanceCount": 1,
+                "MasterInstanceType": "m5.xlarge",
+                "KeepJobFlowAliveWhenNoSteps": True,
+            },
+            JobFlowRole="EMR_EC2_DefaultRole",
+            ServiceRole="EMR_DefaultRole_V2",
+            Tags=[{"Key": "project", "Value": "llm-decoder"}, {"Key": "run_id", "Value": run_id}],
+        )["JobFlowId"]
+
+    orphan, other = cluster("r-orphan"), cluster("r-other")
+    assert active_clusters_of_run(emr_client, "r-orphan") == [orphan]
+    terminate = EmrTerminateRunClusters(
+        task_id="terminate_cluster", job_flow_id=None, cluster_run_id="r-orphan", region_name=REGION
+    )
+    terminate.execute({})
+    state = {
+        c: emr_client.describe_cluster(ClusterId=c)["Cluster"]["Status"]["State"] for c in (orphan, other)
+    }
+    assert state == {orphan: "TERMINATED", other: "WAITING"}
+    assert active_clusters_of_run(emr_client, "r-orphan") == []
+    emr_client.terminate_job_flows(JobFlowIds=[other])
+
+
+def test_a_missing_corpus_fails_at_stage_before_any_cluster(dagbag, harness, emr_client, capfd):
+    before = all_cluster_ids(emr_client)
+    with harness():
+        state, tasks, tries = run_emr_dag(dagbag, {"corpus_uri": f"s3://{BUCKET}/data/no-such-corpus.txt"})
+    assert state == "failed"
+    assert tasks["stage"] == "failed" and tries["stage"] == 1  # a retry cannot create the corpus
+    assert clusters_of_run(emr_client, before) == []
+    assert f"corpus not found: s3://{BUCKET}/data/no-such-corpus.txt (" in capfd.readouterr().out

@@ -167,6 +167,11 @@ def test_cluster_spec():
     assert spec["ReleaseLabel"] == "emr-7.12.0"
     assert spec["LogUri"] == "s3://b/p/emr-logs/"
     assert spec["AutoTerminationPolicy"] == {"IdleTimeout": 3600}
+    # current IAM defaults: AmazonEMRServicePolicy_v2 acts only on resources with this tag
+    assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in spec["Tags"]
+    assert (spec["ServiceRole"], spec["JobFlowRole"]) == ("EMR_DefaultRole_V2", "EMR_EC2_DefaultRole")
+    shipped = split_config(read_yaml(REPO / "configs" / "emr.yaml"), "configs/emr.yaml")[1].emr
+    assert (shipped.service_role, shipped.job_flow_role) == ("EMR_DefaultRole_V2", "EMR_EC2_DefaultRole")
     assert {"Key": "run_id", "Value": "r1"} in spec["Tags"] and {
         "Key": "project",
         "Value": "llm-decoder",
@@ -416,14 +421,10 @@ def test_step_log_tail_prefers_our_error_line_and_says_when_logs_are_missing(s3)
     hook = S3Hook(aws_conn_id="aws_default", region_name=REGION)
     log_uri = f"s3n://{BUCKET}/units-logs/"  # as DescribeCluster reports it
     base = "units-logs/j-UNIT/steps/s-1"
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        time.sleep(seconds)
-
-    missing = step_log_tail(hook, log_uri, "j-UNIT", "s-1", wait_s=1, poll_s=0.3, sleep=sleep)
-    assert missing.startswith("step logs not in S3 yet after 1 s") and sleeps  # it waited, bounded
+    started = time.monotonic()
+    missing = step_log_tail(hook, log_uri, "j-UNIT", "s-1", wait_s=1, poll_s=0.3)
+    assert 1 <= time.monotonic() - started < 30  # it waited, and the wait is bounded
+    assert missing.startswith("step logs not in S3 yet after 1 s")
     assert f"s3://{BUCKET}/{base}/stderr.gz" in missing
 
     # client mode: the Python driver's output is in the step's stdout
@@ -436,3 +437,86 @@ def test_step_log_tail_prefers_our_error_line_and_says_when_logs_are_missing(s3)
     assert error_lines("a\nValueError: bad\nb\n") == ["ValueError: bad"]
     assert error_lines("a\nb\n", count=1) == ["b"]
     assert step_log_tail(hook, None, "j-UNIT", "s-1", wait_s=0) == "no step logs: the cluster has no LogUri"
+
+
+def test_staging_checks_the_inputs_exist_in_s3(s3):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow_testing import BUCKET, CORPUS_KEY, REGION
+    from llm_decoder_airflow.tasks import check_inputs, s3_input_exists
+
+    hook = S3Hook(aws_conn_id="aws_default", region_name=REGION)
+    s3.put_object(Bucket=BUCKET, Key="inputs/books/a.txt", Body=b"a")
+    for uri in [
+        f"s3://{BUCKET}/{CORPUS_KEY}",
+        f"s3a://{BUCKET}/inputs/books",
+        f"s3://{BUCKET}/inputs/*/a.txt",
+    ]:
+        assert s3_input_exists(hook, uri), uri
+    for uri in [f"s3://{BUCKET}/inputs/book", f"s3://{BUCKET}/inputs/*.csv", f"s3://{BUCKET}/nothing"]:
+        assert not s3_input_exists(hook, uri), uri
+
+    corpus = f"s3://{BUCKET}/{CORPUS_KEY}"
+    check_inputs(pipeline.run_config({"data": {"corpus_path": corpus}}, [], "t"), "aws_default", REGION)
+    missing = pipeline.run_config(
+        {"data": {"corpus_path": corpus, "embeddings_path": f"s3://{BUCKET}/no/vectors.txt"}}, [], "t"
+    )
+    with pytest.raises(InputError) as info:
+        check_inputs(missing, "aws_default", REGION)
+    assert str(info.value).startswith(f"embeddings not found: s3://{BUCKET}/no/vectors.txt (")
+    assert "\n" not in str(info.value)
+
+
+def test_release_label_is_emr_7_only():
+    with pytest.raises(ConfigError) as info:
+        split_config({"emr": {"release_label": "emr-6.15.0"}}, "emr.yaml")
+    assert str(info.value) == (
+        "emr.yaml: emr.release_label: 'emr-6.15.0': emr-7.x only: the bootstrap action installs "
+        "Python 3.11 with dnf, which needs the Amazon Linux 2023 of EMR 7 (EMR 6 runs Amazon Linux 2)"
+    )
+    with pytest.raises(ConfigError, match="emr-7.x only"):
+        emr.settings_for_run(EmrSettings(), {"release_label": "emr-6.15.0"})
+    assert emr.settings_for_run(EmrSettings(), {"release_label": "emr-7.13.0"}).release_label == "emr-7.13.0"
+
+
+def test_emr_plan_prints_the_requests_the_dag_would_send_without_aws():
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "LLM_DECODER_EMR_CONFIG": str(REPO / "configs" / "emr.yaml"),  # the shipped config
+        "PYTHONPATH": str(REPO / "plugins"),
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # nothing answers there: a call would fail
+    }
+    env.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+    sets = ["training.strategy=ddp", "training.ddp_local_mode=false", "training.num_workers=3"]
+    done = subprocess.run(
+        [sys.executable, "-m", "llm_decoder_airflow.plan", *(arg for s in sets for arg in ("--set", s))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    plan = json.loads(done.stdout)  # stdout is one JSON object, nothing else
+    assert set(plan) == {"run_job_flow", "steps", "estimate_usd"} and plan["estimate_usd"] is None
+    flow = plan["run_job_flow"]
+    assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in flow["Tags"]
+    assert {"Key": "run_id", "Value": "plan"} in flow["Tags"] and flow["ServiceRole"] == "EMR_DefaultRole_V2"
+    assert [emr.step_of(step["Name"]) for step in plan["steps"]] == list(STEP_NAMES)
+    for step in plan["steps"]:
+        args = step["HadoopJarStep"]["Args"]
+        assert args[args.index("spark.yarn.maxAppAttempts=1") - 1] == "--conf"
+    [train] = [s["HadoopJarStep"]["Args"] for s in plan["steps"] if emr.step_of(s["Name"]) == "train"]
+    assert train[train.index("--num-executors") + 1] == "3"  # one executor per training worker
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "llm_decoder_airflow.plan", "--set", "emr.release_label=emr-6.15.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "emr.release_label: 'emr-6.15.0': emr-7.x only" in refused.stderr
