@@ -7,10 +7,11 @@ and create the cluster · BODY add the pipeline's steps (`command-runner.jar spa
 if it beats the champion · TEARDOWN terminate the cluster as soon as the steps are over,
 whatever happened (collect and promote need only S3).
 
-A failed step fails the run at once (its FailureDetails and log file are in the sensor's log)
-and the cluster is still terminated; EMR's idle auto-termination is the second guard. An EMR API
-outage does not: the step sensors (deferred to the triggerer by default) ask again until their
-timeout. Every AWS call is made in `emr.region`. Settings (cluster, roles, waiter delays,
+A failed step fails the run at once (its FailureDetails and the error line of its logs in S3
+are in the sensor's log) and the cluster is still terminated; EMR's idle auto-termination is
+the second guard. An EMR API outage does not: the step sensors (deferred to the triggerer by
+default) ask again until their timeout. A cluster whose id never reached XCom is found by its
+`run_id` tag and terminated. Every AWS call is made in `emr.region`. Settings (cluster, roles, waiter delays,
 schedule) come from `configs/emr.yaml`; the form's Params override them per run.
 """
 

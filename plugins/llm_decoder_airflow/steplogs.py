@@ -121,6 +121,6 @@ def summarize(logs: dict[str, tuple[str, str | None]]) -> str:
     for uri, text in logs.values():
         ours = [line for line in error_lines(text or "") if line.startswith(ERROR_PREFIX)]
         if ours:
-            return f"{ours[-1]} (in {uri})"
+            return f"step log: {ours[-1]} (in {uri})"
     parts = [f"{name} ({uri}): {' | '.join(error_lines(text))}" for name, (uri, text) in logs.items() if text]
     return "last lines of the step's logs: " + ("; ".join(parts) or "all empty")

@@ -126,7 +126,10 @@ def test_a_failed_step_fails_the_run_and_terminates_the_cluster(failing, dagbag,
     assert f"simulated failure of the {failing} step" in log
     assert "stderr.gz" in log  # the failing step's log location
     # the error line of the step's own logs in S3 (the cluster-mode driver's container log)
-    assert f"{step_log_error(failing)} (in s3://{BUCKET}/{PREFIX}/emr-logs/{cluster['Id']}/containers/" in log
+    assert (
+        f"step log: {step_log_error(failing)} (in s3://{BUCKET}/{PREFIX}/emr-logs/{cluster['Id']}/containers/"
+        in log
+    )
 
 
 def test_a_failed_step_whose_logs_are_not_in_s3_yet_says_so(dagbag, harness, emr_client, emr_settings, capfd):

@@ -432,7 +432,7 @@ def test_step_log_tail_prefers_our_error_line_and_says_when_logs_are_missing(s3)
     s3.put_object(Bucket=BUCKET, Key=f"{base}/stdout.gz", Body=gzip.compress(stdout.encode()))
     s3.put_object(Bucket=BUCKET, Key=f"{base}/stderr.gz", Body=gzip.compress(b"WARN nothing\n"))
     tail = step_log_tail(hook, log_uri, "j-UNIT", "s-1", wait_s=0)
-    assert tail == f"error: train: corpus is empty (in s3://{BUCKET}/{base}/stdout.gz)"
+    assert tail == f"step log: error: train: corpus is empty (in s3://{BUCKET}/{base}/stdout.gz)"
     # no `error: ` line: the last lines that name an error, of each log
     assert error_lines("a\nValueError: bad\nb\n") == ["ValueError: bad"]
     assert error_lines("a\nb\n", count=1) == ["b"]
