@@ -106,6 +106,9 @@ with DAG(
             doc_md=step.description,
             job_flow_id=create_cluster.output,
             step_id=step_ids[step.name],
+            # A cleared watch_<step> on a new cluster adds its step there (emr.step_on_cluster).
+            pipeline_step=step.name,
+            step_specs=staged["steps"],
             aws_conn_id=AIRFLOW.aws_conn_id,
             region_name=REGION,
             poke_interval=AIRFLOW.step_poke_interval_s,

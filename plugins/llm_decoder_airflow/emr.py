@@ -249,6 +249,34 @@ def add_missing_steps(
     return by_step
 
 
+def step_on_cluster(emr_client: Any, job_flow_id: str, spec: Mapping[str, Any], known_id: str | None) -> str:
+    """The id of this pipeline step's EMR step on the cluster, added now if the cluster lacks it.
+
+    `known_id` is what add_steps added. A user who clears a failed `watch_<step>` task clears its
+    setups with it, so the run gets a new cluster while add_steps keeps its old ids: the step is
+    then added to the new cluster, alone (the earlier steps' outputs are complete in S3, and a
+    train step resumes from the run's checkpoints). Matched by name, so a retry never adds twice.
+    """
+    by_name: dict[str, str] = {}
+    ids: set[str] = set()
+    for page in emr_client.get_paginator("list_steps").paginate(ClusterId=job_flow_id):
+        for summary in page["Steps"]:  # newest first
+            ids.add(summary["Id"])
+            by_name.setdefault(summary["Name"], summary["Id"])
+    if known_id in ids:
+        return known_id
+    if spec["Name"] in by_name:
+        return by_name[spec["Name"]]
+    [step_id] = emr_client.add_job_flow_steps(JobFlowId=job_flow_id, Steps=[dict(spec)])["StepIds"]
+    log.info(
+        "%s was not on cluster %s (a cleared task on a new cluster): added as %s",
+        spec["Name"],
+        job_flow_id,
+        step_id,
+    )
+    return step_id
+
+
 def active_clusters_of_run(emr_client: Any, run_id: str) -> list[str]:
     """The ids of the still-active clusters tagged run_id=<run_id> (ListClusters + DescribeCluster).
 

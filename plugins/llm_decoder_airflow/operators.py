@@ -36,7 +36,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from botocore.exceptions import ClientError, HTTPClientError, WaiterError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
-from llm_decoder_airflow.emr import RUN_ID_TAG, active_clusters_of_run
+from llm_decoder_airflow.emr import RUN_ID_TAG, active_clusters_of_run, step_of, step_on_cluster
 from llm_decoder_airflow.steplogs import step_log_tail
 
 FAILED_STATES = ("FAILED", "CANCELLED", "INTERRUPTED")
@@ -189,11 +189,17 @@ class StepStateTrigger(BaseTrigger):
                     status = response["Step"]["Status"]
                     state = status["State"]
                     if state == "COMPLETED" or state in FAILED_STATES:
-                        yield TriggerEvent({"state": state, "failure_details": status.get("FailureDetails")})
+                        yield TriggerEvent(
+                            {
+                                "state": state,
+                                "failure_details": status.get("FailureDetails"),
+                                "step_id": self.step_id,
+                            }
+                        )
                         return
                     self.log.info("step %s: %s", self.step_id, state)
                 if time.time() >= self.deadline:
-                    yield TriggerEvent({"state": TIMED_OUT, "last_state": state})
+                    yield TriggerEvent({"state": TIMED_OUT, "last_state": state, "step_id": self.step_id})
                     return
                 await asyncio.sleep(self.poke_interval)
 
@@ -205,10 +211,32 @@ class EmrStepWatcher(EmrStepSensor):
     S3 (they name the error; FailureDetails often does not); `log_poll_s`: how often it looks.
     """
 
-    def __init__(self, *, log_wait_s: float = 300, log_poll_s: float = 10, **kwargs: Any) -> None:
+    template_fields = (*EmrStepSensor.template_fields, "step_specs")
+
+    def __init__(
+        self,
+        *,
+        pipeline_step: str,
+        step_specs: Any,
+        log_wait_s: float = 300,
+        log_poll_s: float = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        self.pipeline_step = pipeline_step
+        self.step_specs = (
+            step_specs  # the run's step requests (stage's XCom): this step's is added if missing
+        )
         self.log_wait_s = log_wait_s
         self.log_poll_s = log_poll_s
+
+    def _resolve_step(self) -> None:
+        """Watch this step on the cluster the run has now (see emr.step_on_cluster)."""
+        from airflow.providers.amazon.aws.hooks.emr import EmrHook
+
+        [spec] = [s for s in self.step_specs if step_of(s["Name"]) == self.pipeline_step]
+        client = EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
+        self.step_id = step_on_cluster(client, self.job_flow_id, spec, self.step_id)
 
     def poke(self, context: Any) -> bool:
         try:
@@ -253,6 +281,7 @@ class EmrStepWatcher(EmrStepSensor):
             return f"could not read the step's logs ({type(error).__name__}: {error})"
 
     def execute(self, context: Any) -> None:
+        self._resolve_step()
         if not self.deferrable:
             return super().execute(context)  # poke on the worker (BaseSensorOperator's loop)
         if self.poke(context):
@@ -272,6 +301,7 @@ class EmrStepWatcher(EmrStepSensor):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> None:
         event = event or {}
+        self.step_id = event.get("step_id", self.step_id)  # the step resolved before deferring
         state = event.get("state", "no event")
         if state == TIMED_OUT:
             raise AirflowSensorTimeout(

@@ -339,3 +339,60 @@ def test_a_missing_corpus_fails_at_stage_before_any_cluster(dagbag, harness, emr
     assert tasks["stage"] == "failed" and tries["stage"] == 1  # a retry cannot create the corpus
     assert clusters_of_run(emr_client, before) == []
     assert f"corpus not found: s3://{BUCKET}/data/no-such-corpus.txt (" in capfd.readouterr().out
+
+
+def clear_like_the_ui(dag, run_id: str, task_id: str) -> None:
+    """What the UI's Clear on one task does (downstream included): the task, what follows it, and
+    the setups and teardowns around it (create_cluster, stage, terminate_cluster)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.state import DagRunState
+
+    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    subset = scheduler_dag.partial_subset(task_ids=[task_id], include_downstream=True, include_upstream=False)
+    subset.clear(run_id=run_id, dag_run_state=DagRunState.RUNNING)
+
+
+def test_clearing_a_failed_train_runs_train_alone_on_a_new_cluster(dagbag, harness, emr_client, monkeypatch):
+    """A train step that failed for good: the user clears watch_train. The run gets a new cluster
+    (create_cluster is a setup, cleared with it) holding one new train step, not the whole
+    pipeline again (preprocess and window are complete in S3) and not a duplicate."""
+    from airflow.serialization.definitions.dag import SerializedDAG
+
+    before = all_cluster_ids(emr_client)
+    dag = fresh_dag("llm_decoder_emr")
+    with harness(fail_step="train"):
+        first = dag.test(run_conf={})
+    assert str(first.state) == "failed"
+    [old] = clusters_of_run(emr_client, before)
+
+    clear_like_the_ui(dag, first.run_id, "watch_train")
+    # dag.test() always starts a fresh run (it clears every task and recreates the run); here it
+    # must continue the cleared one, as the scheduler would: same loop, the existing run.
+    import airflow.models.dagrun as dagrun_module
+    from sqlalchemy import select
+
+    def existing_run(*, dag, session, **_):
+        run = session.scalar(select(dagrun_module.DagRun).where(dagrun_module.DagRun.run_id == first.run_id))
+        run.dag = dag
+        return run
+
+    monkeypatch.setattr(SerializedDAG, "clear_dags", classmethod(lambda *args, **kwargs: 0))
+    monkeypatch.setattr(dagrun_module, "get_or_create_dagrun", existing_run)
+    with harness() as h:
+        again = fresh_dag("llm_decoder_emr").test()
+    assert again.run_id == first.run_id
+    assert str(again.state) == "success"
+    assert h.completed == ["train"]
+
+    [new] = clusters_of_run(emr_client, before | {old["Id"]})
+    new_steps = emr_client.list_steps(ClusterId=new["Id"])["Steps"]
+    assert [(step_base_name(s["Name"]), s["Status"]["State"]) for s in new_steps] == [("train", "COMPLETED")]
+    old_steps = {
+        step_base_name(s["Name"]): s["Status"]["State"]
+        for s in emr_client.list_steps(ClusterId=old["Id"])["Steps"]
+    }
+    assert old_steps == {"preprocess": "COMPLETED", "window": "COMPLETED", "train": "FAILED"}
+    for cluster in (old, new):
+        assert (
+            emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]["Status"]["State"] == "TERMINATED"
+        )
