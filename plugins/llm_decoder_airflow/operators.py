@@ -70,6 +70,17 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def log_unanswered(logger: Any, error: BaseException, step_id: str, poke_interval: float) -> None:
+    """An outage is news, not a failure: the sensor and the trigger both say so and ask again."""
+    logger.warning(
+        "EMR API not answering (%s: %s): step %s state unknown, asking again in %s s",
+        type(error).__name__,
+        error,
+        step_id,
+        poke_interval,
+    )
+
+
 def failure_message(step_id: str, state: str, details: dict[str, Any] | None) -> str:
     details = details or {}
     return (
@@ -178,13 +189,7 @@ class StepStateTrigger(BaseTrigger):
                 except Exception as error:
                     if not is_transient(error):
                         raise
-                    self.log.warning(
-                        "EMR API not answering (%s: %s): step %s state unknown, asking again in %s s",
-                        type(error).__name__,
-                        error,
-                        self.step_id,
-                        self.poke_interval,
-                    )
+                    log_unanswered(self.log, error, self.step_id, self.poke_interval)
                 else:
                     status = response["Step"]["Status"]
                     state = status["State"]
@@ -244,13 +249,7 @@ class EmrStepWatcher(EmrStepSensor):
         except Exception as error:
             if not is_transient(error):
                 raise
-            self.log.warning(
-                "EMR API not answering (%s: %s): step %s state unknown, asking again in %s s",
-                type(error).__name__,
-                error,
-                self.step_id,
-                self.poke_interval,
-            )
+            log_unanswered(self.log, error, self.step_id, self.poke_interval)
             return False
         status = response["Step"]["Status"]
         return self._done(status["State"], status.get("FailureDetails"))
