@@ -83,8 +83,16 @@ class S3Mount:
         self._unmount()
 
     def _unmount(self) -> None:
-        for command in (["umount", str(self.mount)], ["umount", "-l", str(self.mount)]):
+        # umount as root; fusermount -u as the user who mounted it (FUSE without root).
+        for command in (
+            ["umount", str(self.mount)],
+            ["fusermount", "-u", str(self.mount)],
+            ["umount", "-l", str(self.mount)],
+        ):
             if not os.path.ismount(self.mount):
                 return
-            subprocess.run(command, capture_output=True, check=False)
+            try:
+                subprocess.run(command, capture_output=True, check=False)
+            except FileNotFoundError:  # no fusermount on this machine
+                continue
             time.sleep(0.2)
