@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+from launchers.emr_box.box import corpus_slice  # noqa: F401 (the runs' corpus, shared with the box)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -25,12 +26,6 @@ REGION = "us-east-1"  # emr.region: where the DAG's clusters and the harness liv
 # The Airflow connection names another region: a call that took the connection's region instead
 # of emr.region would look for the cluster where it is not.
 CONNECTION_REGION = "ap-southeast-2"
-
-
-def corpus_slice() -> str:
-    """The first ~20 kB of Tiny Shakespeare, cut at a paragraph: the local and EMR runs' corpus."""
-    text = (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000]
-    return text[: text.rfind("\n\n") + 1]
 
 
 # One small model for every DAG test: the local DAG and the replayed EMR steps must agree.

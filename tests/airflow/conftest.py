@@ -148,19 +148,10 @@ def emr_client(moto_endpoint):
 @pytest.fixture
 def emr_moto(monkeypatch, s3):
     """Make moto report FailureDetails of failed steps, like EMR's DescribeStep does."""
-    from moto.emr.models import Step
+    from launchers.emr_box.box import failure_details_reported
 
-    plain_status = Step.status.fget
-
-    def status(self):
-        value = plain_status(self)
-        details = getattr(self, "failure_details", None)
-        if details:
-            value["FailureDetails"] = details
-        return value
-
-    monkeypatch.setattr(Step, "status", property(status))
-    return monkeypatch
+    with failure_details_reported():
+        yield monkeypatch
 
 
 @pytest.fixture

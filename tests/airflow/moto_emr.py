@@ -21,24 +21,9 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
 
 from airflow_testing import BUCKET, CORPUS_KEY, REGION, EmrHarness, corpus_slice  # noqa: E402
-
-
-def report_failure_details() -> None:
-    """moto's DescribeStep has no FailureDetails; add the harness's, as EMR would."""
-    from moto.emr.models import Step
-
-    plain_status = Step.status.fget
-
-    def status(self):
-        value = plain_status(self)
-        details = getattr(self, "failure_details", None)
-        if details:
-            value["FailureDetails"] = details
-        return value
-
-    Step.status = property(status)
 
 
 def main() -> None:
@@ -48,9 +33,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import boto3
+    from launchers.emr_box.box import failure_details_reported
     from moto.server import ThreadedMotoServer
 
-    report_failure_details()
+    failure_details_reported().__enter__()  # for the server's lifetime: this process ends with it
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{args.port}"
