@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -61,12 +60,6 @@ def _write_configs() -> None:
 _write_configs()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """A migrated metadata DB (dag.test() needs the tables)."""
@@ -110,6 +103,7 @@ def emr_settings(monkeypatch) -> Callable[..., None]:
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     """A moto server on loopback; Airflow's aws_default connection and boto3 point at it."""
+    from launchers.emr_box.nodes import free_port
     from moto.server import ThreadedMotoServer
 
     port = free_port()

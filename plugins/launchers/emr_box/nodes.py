@@ -165,7 +165,7 @@ class SparkStandalone:
                 if process.poll() is not None:
                     raise BoxError(
                         f"{what} exited with code {process.returncode} while starting "
-                        f"(log: {process.args and self.base_dir}/*/process.log)"
+                        f"(logs: {self.base_dir}/*/process.log)"
                     )
             try:
                 if ready(self.status()):
