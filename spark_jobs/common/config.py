@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spark_jobs.common.errors import ConfigError
+from spark_jobs.common.redact import redact_config
 
 # Byte-level BPE starts from the 256 byte symbols; special tokens come on top.
 BYTE_ALPHABET_SIZE = 256
@@ -309,6 +310,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return validate_config(raw, source=str(path) if path else "config")
 
 
-def dump_config(config: PipelineConfig) -> str:
-    """The validated config as YAML, for the run's record and for EMR steps."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def dump_config(config: PipelineConfig, *, redact: bool = True) -> str:
+    """The validated config as YAML: secret-looking spark.conf values redacted for a saved copy.
+
+    `redact=False` only for the config a step reads (<run>/code/config.yaml): the step's
+    SparkSession needs the real values (spark_jobs.common.redact says why none should be there)."""
+    raw = config.model_dump(mode="json")
+    return yaml.safe_dump(redact_config(raw) if redact else raw, sort_keys=False)

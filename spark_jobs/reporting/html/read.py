@@ -12,6 +12,7 @@ What is read, relative to the run folder:
     data distribution     window/data_distribution.json
     Spark                 metrics/spark.json, preprocess/spark.json, window/spark.json
     time per step         preprocess/stats.json, window/(stats|data_distribution).json, summary.json
+    cluster and cost      summary.json (collect's, an EMR run's; none for a local run)
     config                code/config.yaml (the run's rendered config) or metrics/config.yaml
 
 Every file goes through a `Reader` (URI -> text, None when missing): spark_jobs.common.storage
@@ -33,6 +34,8 @@ from typing import Any
 
 from spark_jobs.common import storage
 from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.redact import redact_config_text
+from spark_jobs.reporting.summary import CLUSTER_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class RunArtifacts:
     model_config: dict[str, Any] | None = None
     # The champion's own metrics/summary.json, when the champion is another run.
     champion_summary: dict[str, Any] | None = None
+    # An EMR run's cluster figures (reporting.summary.CLUSTER_KEYS) from collect's <run>/summary.json.
+    cluster: dict[str, Any] | None = None
     # part name -> the file(s) we looked for, for the "missing" notes.
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -142,9 +147,13 @@ def read_run(run_uri: str, read: Reader = read_storage) -> RunArtifacts:
     for source in (at("code", "config.yaml"), at("metrics", "config.yaml"), at("config.yaml")):
         artifacts.config_text = read(source)
         if artifacts.config_text is not None:
+            # code/config.yaml is the steps' input and keeps spark.conf's secrets: never show them.
+            artifacts.config_text = redact_config_text(artifacts.config_text)
             artifacts.config_source = source
             break
     artifacts.model_config = _dict_or_none(_read_json(read, at("train", "model", "config.json")))
+    collected = _dict_or_none(_read_json(read, at("summary.json"))) or {}
+    artifacts.cluster = {key: collected[key] for key in CLUSTER_KEYS if key in collected}
 
     spark_expected: Any = artifacts.spark
     if spark_expected is None and (artifacts.summary or {}).get("strategy") == "single":
