@@ -11,6 +11,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from llm_decoder_airflow.pipeline import FORBIDDEN_OVERRIDE_PATTERN
 from llm_decoder_airflow.settings import PROJECT_ROOT, RELEASE_LABEL_PATTERN, AirflowSettings, EmrSettings
 from spark_jobs.common.config import MODEL_KINDS, STRATEGY_NAMES, PipelineConfig, validate_config
 
@@ -70,9 +71,15 @@ def _model_params(config: PipelineConfig) -> dict[str, Param]:
         "overrides": Param(
             [],
             type="array",
-            items={"type": "string", "pattern": OVERRIDE_PATTERN},
+            # `not`: run.*, spark.conf and *_path are refused (pipeline.refused_override says why).
+            items={
+                "type": "string",
+                "pattern": OVERRIDE_PATTERN,
+                "not": {"pattern": FORBIDDEN_OVERRIDE_PATTERN},
+            },
             title="Config overrides",
-            description="Extra `--set` overrides for every step, e.g. training.batch_size=64.",
+            description="Extra `--set` overrides for every step, e.g. training.batch_size=64. "
+            "Not run.*, spark.conf or any *_path: the other Params and the deployment config set those.",
         ),
     }
 
@@ -104,7 +111,8 @@ def local_params(pipeline_raw: Mapping[str, Any], airflow: AirflowSettings) -> d
             type="string",
             minLength=1,
             title="Output root",
-            description="Run root: runs are written under <root>/runs/<run_id>/, the champion under <root>/models/.",
+            description="Run root: runs are written under <root>/runs/<run_id>/, the champion under "
+            "<root>/models/. It must lie under the configured root (airflow.local_root).",
         ),
     }
 

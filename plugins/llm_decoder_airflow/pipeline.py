@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -26,7 +27,9 @@ import yaml
 from llm_decoder_airflow.capacity import trains_on_executors
 from llm_decoder_airflow.files import join, run_dir
 from spark_jobs.common.config import RUN_ID_PATTERN, PipelineConfig, apply_overrides, validate_config
+from spark_jobs.common.errors import ConfigError
 from spark_jobs.common.pipeline import Step
+from spark_jobs.common.redact import redact_args
 
 # Trigger-form Params that map onto config keys of the Spark steps.
 PARAM_TO_CONFIG = {
@@ -39,6 +42,60 @@ PARAM_TO_CONFIG = {
     "stride": "data.window_stride",
     "max_steps": "training.max_steps",
 }
+
+
+# What the free `overrides` Param may not set, and why: where a run writes (run.*), the Spark
+# properties of the deployment (spark.conf: credentials, class paths) and any *_path (a file
+# the worker can read). The typed Params and the deployment config set those, validated.
+# FORBIDDEN_OVERRIDE_PATTERN is the same rule for the Param's JSON schema (the REST API's 400).
+FORBIDDEN_OVERRIDE_PATTERN = r"^(run[.=]|spark[.]conf[.=]|[^=]*_path[.=])"
+OVERRIDE_LIMITS = {
+    "run": "run.* is set by the DAG (Param root, the Airflow run id)",
+    "spark.conf": "spark.conf is the deployment's (configs/*.yaml), not a trigger's",
+    "_path": "paths come from the Params corpus_uri/embeddings_uri or the deployment config",
+}
+
+
+def refused_override(override: str) -> str | None:
+    """Why the `overrides` Param may not carry `override` (KEY=VALUE), or None when it may."""
+    key = override.partition("=")[0].strip()
+    parts = key.split(".")
+    if len(parts) < 2:
+        return "an override names one field (section.key), not a whole section"
+    if parts[0] == "run":
+        return OVERRIDE_LIMITS["run"]
+    if parts[:2] == ["spark", "conf"]:
+        return OVERRIDE_LIMITS["spark.conf"]
+    if any(part.endswith("_path") for part in parts):
+        return OVERRIDE_LIMITS["_path"]
+    return None
+
+
+def check_local_root(root: str, allowed_root: str, base: Path) -> str:
+    """The local DAG's `root` Param if it lies under the configured root (airflow.local_root,
+    relative to `base`, the project); a ConfigError naming the Param, value and root otherwise.
+
+    Local paths are compared with symlinks and `..` resolved, so neither can lead outside; a
+    relative Param is taken relative to `base` (as the configured root is), not the worker's
+    working directory. With an s3:// configured root the Param must be that root or below it."""
+    if "://" in allowed_root:
+        prefix = allowed_root.rstrip("/")
+        inside = root.rstrip("/") == prefix or root.startswith(prefix + "/")
+        if inside and ".." not in root.split("/"):  # S3 keeps `..` literally, our joins may not
+            return root
+        raise _outside_root(root, prefix)
+    allowed = os.path.realpath(base / Path(allowed_root).expanduser())
+    if "://" in root and not root.startswith("file://"):
+        raise _outside_root(root, allowed)
+    path = base / Path(root.removeprefix("file://")).expanduser()  # an absolute path stays itself
+    resolved = Path(os.path.realpath(path))
+    if resolved != Path(allowed) and Path(allowed) not in resolved.parents:
+        raise _outside_root(root, allowed)
+    return str(path)
+
+
+def _outside_root(root: str, allowed: str) -> ConfigError:
+    return ConfigError(f"Param root: {root!r} is not under {allowed} (the configured airflow.local_root)")
 
 
 def run_id_from_airflow(airflow_run_id: str) -> str:
@@ -81,7 +138,12 @@ def config_overrides(params: Mapping[str, Any], root: str, run_id: str) -> list[
         if param == "embeddings_uri" and not value:
             value = None  # the form's empty string: train embeddings with Word2Vec
         overrides.append(f"{key}={_yaml_value(value)}")
-    overrides.extend(params.get("overrides") or [])
+    for override in params.get("overrides") or []:
+        # Also in the Param's schema; checked again here for runs the schema never saw.
+        reason = refused_override(override)
+        if reason:
+            raise ConfigError(f"Param overrides: {override!r} is refused: {reason}")
+        overrides.append(override)
     return overrides
 
 
@@ -129,6 +191,11 @@ def spark_submit_args(
 ) -> list[str]:
     """The full argument list of one step's `spark-submit`: the step reads everything else from its config."""
     return [spark_submit, *submit_options, *spark_options, script, "--config", config_uri]
+
+
+def logged_command(args: Sequence[str]) -> str:
+    """A spark-submit argument list as the line to log: secret-looking `--conf` values redacted."""
+    return " ".join(redact_args(args))
 
 
 def spark_submit_binary() -> str:

@@ -22,11 +22,13 @@ from llm_decoder_airflow.capacity import check_training_fits
 from llm_decoder_airflow.collect import collect_run
 from llm_decoder_airflow.files import FileStore, is_s3, join, split_s3
 from llm_decoder_airflow.pipeline import (
+    check_local_root,
     code_uri,
     config_overrides,
     has_executors,
     local_script,
     local_submit_options,
+    logged_command,
     run_config,
     run_id_from_airflow,
     spark_submit_args,
@@ -34,7 +36,7 @@ from llm_decoder_airflow.pipeline import (
     step_spark_options,
 )
 from llm_decoder_airflow.promote import promote
-from llm_decoder_airflow.settings import Settings
+from llm_decoder_airflow.settings import PROJECT_ROOT, Settings, load_local_config
 from llm_decoder_airflow.staging import CONFIG_FILE, stage_code
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import ConfigError, InputError
@@ -130,20 +132,31 @@ def stage_emr_run(
     bucket, _ = split_s3(plan["root"])  # the run's bucket (Param bucket or emr.bucket)
     check_aws(settings.airflow.aws_conn_id, bucket, region)
     check_inputs(config, settings.airflow.aws_conn_id, region)
-    stage_code(FileStore(settings.airflow.aws_conn_id, region), plan["code"], dump_config(config))
+    # The steps' input keeps spark.conf's secrets (spark_jobs.common.redact): unredacted.
+    step_config = dump_config(config, redact=False)
+    stage_code(FileStore(settings.airflow.aws_conn_id, region), plan["code"], step_config)
     return plan
 
 
 def prepare_local_run(
-    pipeline_raw: Mapping[str, Any], params: Mapping[str, Any], airflow_run_id: str, master: str
+    pipeline_raw: Mapping[str, Any],
+    params: Mapping[str, Any],
+    airflow_run_id: str,
+    master: str,
+    local_root: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and write the run's config under <root>/runs/<run_id>/code/; each step's Spark options."""
+    """Validate and write the run's config under <root>/runs/<run_id>/code/; each step's Spark options.
+
+    `local_root`: the configured root (airflow.local_root) the Param root must lie under; None:
+    read from the local config, as the DAG file reads it."""
     run_id = run_id_from_airflow(airflow_run_id)
-    root = params["root"]
+    if local_root is None:
+        local_root = load_local_config()[1].airflow.local_root
+    root = check_local_root(params["root"], local_root, PROJECT_ROOT)
     overrides = config_overrides(params, root, run_id)
     config = run_config(pipeline_raw, overrides, source="local run config (Params + config)")
     config_uri = join(code_uri(root, run_id), CONFIG_FILE)
-    FileStore(aws_conn_id=None).write_text(config_uri, dump_config(config))
+    FileStore(aws_conn_id=None).write_text(config_uri, dump_config(config, redact=False))  # the steps' input
     executors = has_executors(master)
     return {
         "run_id": run_id,
@@ -167,7 +180,7 @@ def local_step_args(step_name: str, prepared: Mapping[str, Any], settings: Setti
 def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settings) -> None:
     """Run one step with the local spark-submit; its output goes to the task log."""
     args = local_step_args(step_name, prepared, settings)
-    log.info("running: %s", " ".join(args))
+    log.info("running: %s", logged_command(args))
     env = {
         **os.environ,
         # Spark's Python workers must use this interpreter (the venv's), and loopback.
