@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench airflow emr-box emr-plan clean
+.PHONY: venv run test lint bench airflow emr-box emr-plan compose-env clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 comes from the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -38,6 +38,11 @@ emr-box: $(STAMP)
 # steps, estimate_usd), no AWS call. ARGS='--set training.num_workers=2 --set emr.core_instance_count=3'
 emr-plan: $(STAMP)
 	@$(AIRFLOW_ENV) $(BIN)/python -m llm_decoder_airflow.plan $(ARGS)
+
+# docker-compose.yaml's .env: a random admin password, Fernet key, JWT and API secrets, database
+# password. Made once, never overwritten; needs only python3, not the venv.
+compose-env:
+	@PYTHONPATH=$(CURDIR)/plugins $(PYTHON) -m launchers.compose_env --path $(CURDIR)/.env
 
 test: $(STAMP)
 	$(BIN)/ruff check .
