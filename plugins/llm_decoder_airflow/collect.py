@@ -7,6 +7,10 @@ unreadable file does not stop collection: the summary says which part is missing
 
 Which figures are headline ones, and their order, is the run-summary contract's
 (spark_jobs.reporting.summary, pure Python: this module is imported when the DAGs are parsed).
+
+On EMR (`pipeline["cluster"]` holds the cluster id) it also asks EMR what the cluster used and
+writes the contract's cluster figures: instance_hours, cluster_hours and cost_usd_estimate
+(llm_decoder_airflow.cost). A local run has no cluster: those figures are absent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from llm_decoder_airflow.files import FileStore, join, run_dir
-from spark_jobs.reporting.summary import HEADLINE_KEYS, format_value
+from llm_decoder_airflow.settings import EmrSettings
+from spark_jobs.reporting.summary import CLUSTER_KEYS, HEADLINE_KEYS, format_value, label_with_unit
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,9 @@ def render_report(summary: Mapping[str, Any]) -> str:
     lines += [f"| {key} | {format_value(summary.get(key))} |" for key in HEADLINE_KEYS]
     lines += ["", "## Data", "", "| figure | value |", "|---|---|"]
     lines += [f"| {key} | {format_value(value)} |" for key, value in summary["data"].items()]
+    if any(summary.get(key) is not None for key in CLUSTER_KEYS):
+        lines += ["", "## Cluster and cost (estimate)", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {label_with_unit(key)} | {format_value(summary.get(key))} |" for key in CLUSTER_KEYS]
     if summary["missing"]:
         lines += ["", "## Missing", ""]
         lines += [f"- {item}" for item in summary["missing"]]
@@ -107,10 +115,38 @@ def render_report(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cluster_figures(files: FileStore, cluster_id: str, emr: EmrSettings | None = None) -> dict[str, Any]:
+    """The cluster figures of an EMR run (DescribeCluster, ListInstanceGroups), priced with
+    emr.prices (configs/emr.yaml when `emr` is None). EMR unreachable: the figures are null and
+    cost_basis says why; collection goes on (the training figures do not depend on them)."""
+    from airflow.providers.amazon.aws.hooks.emr import EmrHook
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from llm_decoder_airflow.cost import cluster_cost
+
+    if emr is None:
+        from llm_decoder_airflow.settings import load_emr_config
+
+        emr = load_emr_config()[1].emr
+    client = EmrHook(aws_conn_id=files.aws_conn_id, region_name=files.region_name).conn
+    try:
+        return cluster_cost(client, cluster_id, emr.prices, emr.prices_taken)
+    except (BotoCoreError, ClientError) as error:
+        log.warning("cluster %s: its instance hours and cost are not known: %s", cluster_id, error)
+        figures: dict[str, Any] = dict.fromkeys(CLUSTER_KEYS)
+        figures["cost_basis"] = f"not known: cluster {cluster_id} could not be described ({error})"
+        return figures
+
+
 def collect_run(
-    files: FileStore, root: str, run_id: str, pipeline: Mapping[str, Any] | None = None
+    files: FileStore,
+    root: str,
+    run_id: str,
+    pipeline: Mapping[str, Any] | None = None,
+    emr: EmrSettings | None = None,
 ) -> dict[str, Any]:
-    """Write the run's summary.json and report.md; return the summary."""
+    """Write the run's summary.json and report.md; return the summary. On EMR (`pipeline`
+    names the cluster), with the cluster figures priced from `emr` (None: configs/emr.yaml)."""
     run = run_dir(root, run_id)
     sources: dict[str, dict | None] = {}
     missing: list[str] = []
@@ -122,6 +158,10 @@ def collect_run(
             log.warning("run %s: %s %s", run_id, relative, why)
 
     summary = build_summary(run_id, run, sources, missing, pipeline or {})
+    cluster_id = (pipeline or {}).get("cluster")
+    if cluster_id:
+        summary.update(cluster_figures(files, cluster_id, emr))
+        log.info("cluster %s: %s", cluster_id, summary["cost_basis"])
     summary_uri = join(run, SUMMARY_FILE)
     report_uri = join(run, REPORT_FILE)
     summary["summary_uri"] = summary_uri
@@ -131,7 +171,8 @@ def collect_run(
     from spark_jobs.reporting.html.render import build_html_report
 
     html = join(run, "metrics", "report.html")
-    files.write_text(html, build_html_report(run, read=files.read_text))
+    cluster = {key: summary[key] for key in CLUSTER_KEYS if key in summary}
+    files.write_text(html, build_html_report(run, read=files.read_text, cluster=cluster))
     summary["html_report_uri"] = html
     log.info("summary: %s", summary_uri)
     log.info("report: %s", report_uri)

@@ -156,8 +156,9 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
                         NODE_VENV,
                         "--requirements",
                         join(code, REQUIREMENTS),
+                        # CPU torch only: GPU training is refused (settings.GPU_REFUSED).
                         "--torch",
-                        "gpu" if emr.gpu else "cpu",
+                        "cpu",
                     ],
                 },
             }

@@ -2,12 +2,14 @@
 
     python -m llm_decoder_airflow.plan [--set key=value ...]
 
-One JSON object on stdout: `{"run_job_flow": {...}, "steps": [...], "estimate_usd": null}`,
+One JSON object on stdout: `{"run_job_flow": {...}, "steps": [...], "estimate_usd": 1.2}`,
 for configs/emr.yaml (or $LLM_DECODER_EMR_CONFIG) and the DAG's Param defaults, rendered by
 the same code as the `stage` task (tasks.plan_emr_run) under the placeholder run id `plan`.
 `--set` overrides any key of the config file before it is read, the steps' sections
 (`training.num_workers=8`) and the Airflow-only ones (`emr.core_instance_count=4`) alike.
-Nothing is uploaded and no cluster is created; the cost estimate is not computed yet (null).
+Nothing is uploaded and no cluster is created. `estimate_usd` is the cluster's instances ×
+emr.prices × emr.default_run_hours, and `estimate_basis` says so: with no AWS call, the earlier
+runs' cluster hours, which the `stage` task's estimate uses, are not read (llm_decoder_airflow.cost).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def plan(overrides: list[str]) -> dict[str, Any]:
     # The Params a manual trigger sends when nothing in the form is changed.
     params = {name: param.value for name, param in emr_params(pipeline_raw, settings.emr).items()}
     _, requests = plan_emr_run(pipeline_raw, settings, params, PLAN_RUN_ID)
-    return {"run_job_flow": requests["job_flow"], "steps": requests["steps"], "estimate_usd": None}
+    return {"run_job_flow": requests["job_flow"], "steps": requests["steps"], **requests["estimate"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,12 @@ own sections (`spark`, `model`, `training`, `data`, `run`). The Spark steps neve
 from __future__ import annotations
 
 import os
+import re
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spark_jobs.common.config import PipelineConfig, parse_yaml_mapping
 from spark_jobs.common.errors import ConfigError
@@ -27,6 +29,14 @@ RELEASE_LABEL_WHY = (
     "emr-7.x only: the bootstrap action installs Python 3.11 with dnf, which needs the "
     "Amazon Linux 2023 of EMR 7 (EMR 6 runs Amazon Linux 2)"
 )
+# Nothing of GPU training was ever run: the train step's TorchDistributor uses CPU and gloo, and
+# no YARN GPU scheduling is set up. A GPU node would bill GPU prices for CPU training.
+GPU_REFUSED = (
+    "GPU training is not supported yet: the train step runs on CPU (TorchDistributor with gloo) and "
+    "the cluster has no YARN GPU scheduling; use CPU instance types"
+)
+# g4dn, g5, g6e, gr6, p3, p4d, p5 ...: the EC2 GPU families.
+GPU_INSTANCE_TYPE = re.compile(r"^(g|gr|p)[0-9]")
 
 
 class _Section(BaseModel):
@@ -59,10 +69,31 @@ class EmrSettings(_Section):
     log_uri: str | None = None
     # Second guard after the teardown task: EMR ends a cluster idle this long.
     idle_timeout_s: int = Field(3600, ge=60, le=604800)
-    # The bootstrap action installs the GPU build of torch when true.
+    # Refused when true (GPU_REFUSED); kept so that `gpu: false` in older configs still loads.
     gpu: bool = False
     python_version: str = "3.11"
     tags: dict[str, str] = Field(default_factory=dict)
+    # USD per instance-hour of EMR on EC2 (EC2 on-demand + the EMR uplift) in emr.region, per
+    # instance type: staging refuses a type without a price, logs the run's estimate, and collect
+    # prices the cluster's instance groups with it. List prices taken on `prices_taken`.
+    prices: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    prices_taken: date | None = None
+    # The run length (cluster hours) an estimate assumes when no earlier run recorded its own.
+    default_run_hours: float = Field(1.0, gt=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _refuse_gpu(cls, gpu: bool) -> bool:
+        if gpu:
+            raise ValueError(GPU_REFUSED)
+        return gpu
+
+    @field_validator("core_instance_type", "task_instance_type")
+    @classmethod
+    def _refuse_gpu_nodes(cls, instance_type: str | None) -> str | None:
+        if instance_type and GPU_INSTANCE_TYPE.match(instance_type):
+            raise ValueError(f"{instance_type} is a GPU instance type: {GPU_REFUSED}")
+        return instance_type
 
 
 class AirflowSettings(_Section):
@@ -137,6 +168,8 @@ def describe(exc: ValidationError, source: str) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["loc"][-1] == "release_label":
         return f"{source}: {key}: {err.get('input')!r}: {RELEASE_LABEL_WHY}"
+    if err["type"] == "value_error":  # our own validators' message, without pydantic's prefix
+        return f"{source}: {key}: {err['ctx']['error']}"
     return f"{source}: {key}: {err['msg']}"
 
 

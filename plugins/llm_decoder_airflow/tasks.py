@@ -112,6 +112,10 @@ def plan_emr_run(
     # Before anything is uploaded or started: a barrier stage the cluster cannot place would
     # wait, billed, until the step sensor's timeout.
     check_training_fits(config, cluster)
+    # Nor one whose cost cannot be told: an instance type without a price in emr.prices.
+    from llm_decoder_airflow import cost
+
+    cost.check_priced(cluster)
     code = code_uri(root, run_id)
     return config, {
         "run_id": run_id,
@@ -119,6 +123,8 @@ def plan_emr_run(
         "code": code,
         "job_flow": emr.cluster_spec(cluster, run_id, code),
         "steps": emr.step_specs(run_id, code, config),
+        # `stage` replaces it with one from the earlier runs' hours (no AWS call here).
+        "estimate": cost.estimate(cluster),
     }
 
 
@@ -135,6 +141,14 @@ def stage_emr_run(
     # The steps' input keeps spark.conf's secrets (spark_jobs.common.redact): unredacted.
     step_config = dump_config(config, redact=False)
     stage_code(FileStore(settings.airflow.aws_conn_id, region), plan["code"], step_config)
+    # What the run will cost at the listed prices, if it runs as long as the earlier runs did.
+    from llm_decoder_airflow import cost
+
+    store = FileStore(settings.airflow.aws_conn_id, region)
+    earlier = cost.earlier_cluster_hours(store, plan["root"], plan["run_id"])
+    plan["estimate"] = cost.estimate(emr.settings_for_run(settings.emr, params), earlier)
+    estimate = plan["estimate"]
+    log.info("run %s: about %s USD, %s", plan["run_id"], estimate["estimate_usd"], estimate["estimate_basis"])
     return plan
 
 

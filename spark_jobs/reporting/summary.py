@@ -7,6 +7,9 @@ everything that shows a run reads its keys, labels and order from here:
     headline   Airflow's collect (<run>/summary.json, <run>/report.md, the logged table),
                the columns of `llm-decoder runs`, the first rows of report.html
     report     the figures table of <run>/metrics/report.md
+    cluster    an EMR run's cluster and its cost (CLUSTER_FIGURES): added to <run>/summary.json by
+               Airflow's collect, shown in <run>/report.md and report.html; a run without a
+               cluster (the local DAG) has them absent or null
 
 `lower_is_better` marks the figures report.html compares with the champion's.
 Pure Python on purpose: the Airflow DAG files import collect.py, and so this module, at parse
@@ -61,9 +64,21 @@ FIGURES: tuple[Figure, ...] = (
     Figure("stopped_early", "stopped early"),
 )
 
-BY_KEY: dict[str, Figure] = {f.key: f for f in FIGURES}
+CLUSTER = "cluster"
+# Not the train step's figures: collect reads them from EMR (llm_decoder_airflow.cost). Estimates
+# from list prices; cost_basis says how each was made.
+CLUSTER_FIGURES: tuple[Figure, ...] = (
+    Figure("cost_usd_estimate", "cost (estimate)", "USD", views=frozenset({CLUSTER})),
+    Figure("cluster_hours", "cluster hours", "h", views=frozenset({CLUSTER})),
+    Figure("instance_hours", "normalized instance hours", "h", views=frozenset({CLUSTER})),
+    Figure("cost_basis", "how the cost was estimated", views=frozenset({CLUSTER})),
+)
+
+BY_KEY: dict[str, Figure] = {f.key: f for f in FIGURES + CLUSTER_FIGURES}
 # Every figure of metrics/summary.json, in order.
 SUMMARY_KEYS: tuple[str, ...] = tuple(f.key for f in FIGURES)
+# The cluster figures of <run>/summary.json, in order.
+CLUSTER_KEYS: tuple[str, ...] = tuple(f.key for f in CLUSTER_FIGURES)
 # The headline figures, in order.
 HEADLINE_KEYS: tuple[str, ...] = tuple(f.key for f in FIGURES if HEADLINE in f.views)
 # The rows of metrics/report.md, in order.
@@ -78,12 +93,18 @@ def label(key: str) -> str:
     return figure.label if figure else key.replace("_", " ")
 
 
+def label_with_unit(key: str) -> str:
+    """The label and, when the figure has one, its unit: "cost (estimate), USD"."""
+    figure = BY_KEY.get(key)
+    return f"{figure.label}, {figure.unit}" if figure and figure.unit else label(key)
+
+
 def display_order(keys: Iterable[str]) -> list[str]:
     """`keys` ordered for display: headline figures, the other figures, then the rest sorted."""
     present = set(keys)
     known = [k for k in HEADLINE_KEYS if k in present]
-    known += [k for k in SUMMARY_KEYS if k in present and k not in HEADLINE_KEYS]
-    return known + sorted(present - set(SUMMARY_KEYS))
+    known += [k for k in SUMMARY_KEYS + CLUSTER_KEYS if k in present and k not in HEADLINE_KEYS]
+    return known + sorted(present - set(SUMMARY_KEYS) - set(CLUSTER_KEYS))
 
 
 def summary_record(figures: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -93,7 +114,7 @@ def summary_record(figures: Mapping[str, Any], extra: Mapping[str, Any] | None =
     (a new figure belongs in FIGURES first), or when `extra` reuses a figure's key.
     """
     missing = [k for k in SUMMARY_KEYS if k not in figures]
-    unknown = [k for k in figures if k not in BY_KEY]
+    unknown = [k for k in figures if k not in SUMMARY_KEYS]
     clashing = [k for k in extra or {} if k in BY_KEY]
     if missing or unknown or clashing:
         raise ValueError(

@@ -88,8 +88,16 @@ def test_success_path(dagbag, harness, s3, emr_client, caplog):
     assert summary["run_id"] == run_id and summary["val_loss"] == 3.4
     assert summary["status"] == "complete" and summary["missing"] == []
     assert summary["pipeline"]["cluster"] == cluster["Id"]
+    # what the cluster cost: its instance groups at configs/emr.yaml's prices, for as long as it ran
+    assert summary["instance_hours"] == 0  # moto's NormalizedInstanceHours
+    assert 0 < summary["cluster_hours"] < 0.1
+    assert summary["cost_usd_estimate"] == pytest.approx(1.2 * summary["cluster_hours"], rel=0.01, abs=1e-4)
+    assert summary["cost_basis"].startswith("estimate: 1 x m5.xlarge + 2 x m5.2xlarge")
     report = s3.get_object(Bucket=BUCKET, Key=f"{run}/report.md")["Body"].read().decode()
     assert "| val_loss | 3.4 |" in report
+    assert "| cost (estimate), USD |" in report
+    html = s3.get_object(Bucket=BUCKET, Key=f"{run}/metrics/report.html")["Body"].read().decode()
+    assert "Cluster and cost (estimate)" in html
 
     staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{run}/code/")["Contents"]
     names = {o["Key"].rsplit("/", 1)[1] for o in staged}

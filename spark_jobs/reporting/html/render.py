@@ -36,7 +36,7 @@ from spark_jobs.reporting.html.read import (
     read_storage,
     root_of,
 )
-from spark_jobs.reporting.summary import COMPARED, display_order
+from spark_jobs.reporting.summary import CLUSTER_KEYS, COMPARED, display_order, label_with_unit
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,14 @@ def _scalars(mapping: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def summary_section(run: RunArtifacts) -> str:
     if run.summary is None:
-        return _section("summary", "Headline figures", _missing("the run summary", "metrics/summary.json"))
-    return _section("summary", "Headline figures", _kv_table(_scalars(run.summary)))
+        body = _missing("the run summary", "metrics/summary.json")
+    else:
+        body = _kv_table(_scalars(run.summary))
+    cluster = run.cluster or {}
+    if any(cluster.get(key) is not None for key in CLUSTER_KEYS):  # an EMR run
+        body += "<h3>Cluster and cost (estimate)</h3>"
+        body += _kv_table([(label_with_unit(key), cluster.get(key)) for key in CLUSTER_KEYS])
+    return _section("summary", "Headline figures", body)
 
 
 def champion_section(run: RunArtifacts, champion: dict[str, Any] | None) -> str:
@@ -379,10 +385,18 @@ def render_html(run: RunArtifacts, champion: dict[str, Any] | None) -> str:
 
 
 def build_html_report(
-    run_uri: str, champion: dict[str, Any] | None = None, read: Reader = read_storage
+    run_uri: str,
+    champion: dict[str, Any] | None = None,
+    read: Reader = read_storage,
+    cluster: dict[str, Any] | None = None,
 ) -> str:
-    """The report of one run as an HTML string; `champion` None reads <root>/models/champion.json."""
+    """The report of one run as an HTML string; `champion` None reads <root>/models/champion.json.
+
+    `cluster`: the run's cluster figures (collect passes them before it writes <run>/summary.json);
+    None reads them from <run>/summary.json."""
     run = read_run(run_uri, read)
+    if cluster is not None:
+        run.cluster = dict(cluster)
     if champion is None:
         champion = read_champion(root_of(run.run_uri), read)
     champ_id = champion_run_id(champion)
