@@ -2,7 +2,8 @@
 ### llm_decoder_emr: train the decoder on a transient EMR cluster
 
 SETUP stage the code, config and bootstrap script to `s3://<bucket>/<prefix>/runs/<run_id>/code/`
-and create the cluster · BODY add the pipeline's steps (`command-runner.jar spark-submit …`,
+and create the cluster under the run's EMR security configuration (IMDSv2 required, encrypted at
+rest; created once, then reused) · BODY add the pipeline's steps (`command-runner.jar spark-submit …`,
 `CANCEL_AND_WAIT` on failure), watch each step, collect the metrics into S3, promote the model
 if it beats the champion · TEARDOWN terminate the cluster as soon as the steps are over,
 whatever happened (collect and promote need only S3).
@@ -34,6 +35,8 @@ PIPELINE_RAW, SETTINGS = load_emr_config()
 AIRFLOW = SETTINGS.airflow
 # Every AWS call of this DAG goes to the cluster's region, whatever the connection says.
 REGION = SETTINGS.emr.region
+# Every object the DAG writes is SSE-KMS with this key, or SSE-S3 when None (files.FileStore).
+S3_KMS_KEY = SETTINGS.emr.s3_kms_key_arn
 # An update to the corpus (by a producer DAG or the REST API) can start a retraining.
 CORPUS = Asset(
     name="llm_decoder_corpus", uri=run_config(PIPELINE_RAW, [], "configs/emr.yaml").data.corpus_path
@@ -129,12 +132,12 @@ with DAG(
             "airflow_run_id": context["run_id"],
             "cluster": job_flow_id,
         }
-        return tasks.collect_metrics(root, pipeline_run_id, AIRFLOW.aws_conn_id, pipeline, REGION)
+        return tasks.collect_metrics(root, pipeline_run_id, AIRFLOW.aws_conn_id, pipeline, REGION, S3_KMS_KEY)
 
     @task(**RETRIES)
     def promote_model(root: str, summary: dict) -> dict:
         """Point <root>/models/champion.json at this run if it beats the champion, like for like."""
-        return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id, REGION)
+        return tasks.promote_model(root, summary, AIRFLOW.aws_conn_id, REGION, S3_KMS_KEY)
 
     summary = collect_metrics(staged["root"], staged["run_id"], create_cluster.output)
     promoted = promote_model(staged["root"], summary)

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from llm_decoder_airflow.files import join
 from llm_decoder_airflow.pipeline import spark_submit_args, step_spark_options
+from llm_decoder_airflow.security import configuration_name
 from llm_decoder_airflow.settings import EmrSettings, describe
 from llm_decoder_airflow.staging import (
     BOOTSTRAP_SCRIPT,
@@ -188,8 +189,8 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
             *({"Key": k, "Value": v} for k, v in sorted(emr.tags.items())),
         ],
     }
-    if emr.security_configuration:
-        spec["SecurityConfiguration"] = emr.security_configuration
+    # IMDSv2 required, encryption at rest (and in transit if configured): security.py.
+    spec["SecurityConfiguration"] = configuration_name(emr)
     return spec
 
 

@@ -39,14 +39,30 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def s3_encryption_args(kms_key_arn: str | None) -> dict[str, str]:
+    """The PutObject arguments of every S3 object the DAG writes: SSE-KMS with the key (the EMR
+    DAG's emr.s3_kms_key_arn), else SSE-S3. Explicit, so a bucket without default encryption
+    (or one whose default is another key) still gets what the security configuration promises."""
+    if kms_key_arn:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_arn}
+    return {"ServerSideEncryption": "AES256"}
+
+
 class FileStore:
     """Small-file access by URI (read, write, exists): S3 through S3Hook(aws_conn_id), else the local disk.
 
-    `region_name`: the bucket's region (the EMR DAG's emr.region); None: the connection's."""
+    `region_name`: the bucket's region (the EMR DAG's emr.region); None: the connection's.
+    `kms_key_arn`: S3 writes are SSE-KMS with this key; None: SSE-S3 (s3_encryption_args)."""
 
-    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
+    def __init__(
+        self,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        kms_key_arn: str | None = None,
+    ) -> None:
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
+        self.encryption = s3_encryption_args(kms_key_arn)
         self._hook = None
 
     @property
@@ -54,7 +70,10 @@ class FileStore:
         if self._hook is None:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-            self._hook = S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            # extra_args go with every upload of the hook (load_bytes, load_file, ...).
+            self._hook = S3Hook(
+                aws_conn_id=self.aws_conn_id, region_name=self.region_name, extra_args=self.encryption
+            )
         return self._hook
 
     def exists(self, uri: str) -> bool:
@@ -118,7 +137,9 @@ class FileStore:
             bucket, key = split_s3(uri)
             condition = {"IfMatch": version} if version is not None else {"IfNoneMatch": "*"}
             try:
-                self.s3.get_conn().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+                self.s3.get_conn().put_object(
+                    Bucket=bucket, Key=key, Body=data, **condition, **self.encryption
+                )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in (
                     "PreconditionFailed",

@@ -2,7 +2,8 @@
 
     python -m llm_decoder_airflow.plan [--set key=value ...]
 
-One JSON object on stdout: `{"run_job_flow": {...}, "steps": [...], "estimate_usd": 1.2}`,
+One JSON object on stdout: `{"run_job_flow": {...}, "steps": [...], "estimate_usd": 1.2,
+"security_configuration": {...}}`,
 for configs/emr.yaml (or $LLM_DECODER_EMR_CONFIG) and the DAG's Param defaults, rendered by
 the same code as the `stage` task (tasks.plan_emr_run) under the placeholder run id `plan`.
 `--set` overrides any key of the config file before it is read, the steps' sections
@@ -21,6 +22,7 @@ import sys
 from typing import Any
 
 from llm_decoder_airflow.params import emr_params
+from llm_decoder_airflow.security import planned_request
 from llm_decoder_airflow.settings import emr_config_path, read_yaml, split_config
 from llm_decoder_airflow.tasks import plan_emr_run
 from spark_jobs.common.config import apply_overrides
@@ -37,7 +39,14 @@ def plan(overrides: list[str]) -> dict[str, Any]:
     # The Params a manual trigger sends when nothing in the form is changed.
     params = {name: param.value for name, param in emr_params(pipeline_raw, settings.emr).items()}
     _, requests = plan_emr_run(pipeline_raw, settings, params, PLAN_RUN_ID)
-    return {"run_job_flow": requests["job_flow"], "steps": requests["steps"], **requests["estimate"]}
+    return {
+        "run_job_flow": requests["job_flow"],
+        "steps": requests["steps"],
+        **requests["estimate"],
+        # What `stage` creates if absent (its JSON as an object), or null when
+        # emr.security_configuration names one: run_job_flow's SecurityConfiguration says which.
+        "security_configuration": planned_request(settings.emr),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ LOCAL_CONFIG_ENV = "LLM_DECODER_LOCAL_CONFIG"
 
 
 RELEASE_LABEL_PATTERN = r"^emr-7\.[0-9]+\.[0-9]+$"
+KMS_KEY_ARN_PATTERN = r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/.+$"
 RELEASE_LABEL_WHY = (
     "emr-7.x only: the bootstrap action installs Python 3.11 with dnf, which needs the "
     "Amazon Linux 2023 of EMR 7 (EMR 6 runs Amazon Linux 2)"
@@ -64,7 +65,15 @@ class EmrSettings(_Section):
     service_role: str = "EMR_DefaultRole_V2"
     ec2_subnet_id: str | None = None
     ec2_key_name: str | None = None
+    # None: the DAG creates (once) a security configuration from the three keys below, named by
+    # a hash of its content; a name: an existing one, used as it is (security.py).
     security_configuration: str | None = None
+    # SSE-KMS with this key for S3 (EMRFS and the DAG's own writes); None: SSE-S3.
+    s3_kms_key_arn: str | None = Field(None, pattern=KMS_KEY_ARN_PATTERN)
+    # EMR encrypts the nodes' local disks and EBS volumes with this key; None: not by EMR.
+    local_disk_kms_key_arn: str | None = Field(None, pattern=KMS_KEY_ARN_PATTERN)
+    # s3:// URI of a zip of PEM files: TLS between the nodes; None: no in-transit encryption.
+    in_transit_certificates: str | None = Field(None, pattern=r"^s3://[^/]+/.+\.zip$")
     # s3:// URI for the cluster's logs; None: s3://<bucket>/<prefix>/emr-logs/.
     log_uri: str | None = None
     # Second guard after the teardown task: EMR ends a cluster idle this long.

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from llm_decoder_airflow import emr
+from llm_decoder_airflow import emr, security
 from llm_decoder_airflow.capacity import check_training_fits
 from llm_decoder_airflow.collect import collect_run
 from llm_decoder_airflow.files import FileStore, is_s3, join, split_s3
@@ -138,9 +138,11 @@ def stage_emr_run(
     bucket, _ = split_s3(plan["root"])  # the run's bucket (Param bucket or emr.bucket)
     check_aws(settings.airflow.aws_conn_id, bucket, region)
     check_inputs(config, settings.airflow.aws_conn_id, region)
+    security.ensure_security_configuration(settings.emr, settings.airflow.aws_conn_id)
     # The steps' input keeps spark.conf's secrets (spark_jobs.common.redact): unredacted.
     step_config = dump_config(config, redact=False)
-    stage_code(FileStore(settings.airflow.aws_conn_id, region), plan["code"], step_config)
+    files = FileStore(settings.airflow.aws_conn_id, region, settings.emr.s3_kms_key_arn)
+    stage_code(files, plan["code"], step_config)
     # What the run will cost at the listed prices, if it runs as long as the earlier runs did.
     from llm_decoder_airflow import cost
 
@@ -218,12 +220,21 @@ def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settin
 
 
 def collect_metrics(
-    root: str, run_id: str, aws_conn_id: str | None, pipeline: Mapping[str, Any], region: str | None = None
+    root: str,
+    run_id: str,
+    aws_conn_id: str | None,
+    pipeline: Mapping[str, Any],
+    region: str | None = None,
+    kms_key_arn: str | None = None,
 ) -> dict[str, Any]:
-    return collect_run(FileStore(aws_conn_id, region), root, run_id, pipeline)
+    return collect_run(FileStore(aws_conn_id, region, kms_key_arn), root, run_id, pipeline)
 
 
 def promote_model(
-    root: str, summary: Mapping[str, Any], aws_conn_id: str | None, region: str | None = None
+    root: str,
+    summary: Mapping[str, Any],
+    aws_conn_id: str | None,
+    region: str | None = None,
+    kms_key_arn: str | None = None,
 ) -> dict[str, Any]:
-    return promote(FileStore(aws_conn_id, region), root, summary)
+    return promote(FileStore(aws_conn_id, region, kms_key_arn), root, summary)

@@ -75,6 +75,9 @@ def test_success_path(dagbag, harness, s3, emr_client, caplog):
     assert tags["project"] == "llm-decoder"
     assert tags["for-use-with-amazon-emr-managed-policies"] == "true"
     assert detail["ServiceRole"] == "EMR_DefaultRole_V2"
+    # stage created the security configuration (IMDSv2, encryption at rest) that the cluster names
+    security = emr_client.describe_security_configuration(Name=detail["SecurityConfiguration"])
+    assert '"MinimumInstanceMetadataServiceVersion":2' in security["SecurityConfiguration"]
     run_id = tags["run_id"]
 
     steps = emr_client.list_steps(ClusterId=cluster["Id"])["Steps"]
