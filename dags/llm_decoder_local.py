@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from airflow.sdk import DAG, chain, task
 from llm_decoder_airflow import tasks
+from llm_decoder_airflow.local_step import LocalStepOperator
 from llm_decoder_airflow.params import local_params
 from llm_decoder_airflow.settings import load_local_config
 
@@ -39,18 +40,22 @@ with DAG(
     @task(multiple_outputs=True)
     def prepare(params: dict | None = None, run_id: str | None = None) -> dict:
         """Validate the run's config and write it to <root>/runs/<run_id>/code/config.yaml."""
-        return tasks.prepare_local_run(PIPELINE_RAW, params, run_id, AIRFLOW.local_master)
+        return tasks.prepare_local_run(PIPELINE_RAW, params, run_id, AIRFLOW.local_master, AIRFLOW.local_root)
 
     prepared = prepare()
 
-    def step_task(name: str, doc: str):
-        @task(task_id=name, doc_md=doc)
-        def run_step(prepared: dict) -> None:
-            tasks.run_local_step(name, prepared, SETTINGS)
-
-        return run_step(prepared)
-
-    steps = [step_task(step.name, step.description) for step in STEPS]
+    # One task per pipeline step; a step past its timeout fails and its spark-submit is ended.
+    steps = [
+        LocalStepOperator(
+            task_id=step.name,
+            doc_md=step.description,
+            step_name=step.name,
+            prepared=prepared,
+            settings=SETTINGS,
+            execution_timeout=timedelta(seconds=AIRFLOW.local_step_timeout_s),
+        )
+        for step in STEPS
+    ]
 
     @task
     def collect_metrics(prepared: dict, **context) -> dict:

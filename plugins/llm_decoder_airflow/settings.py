@@ -131,6 +131,8 @@ class AirflowSettings(_Section):
     # Local DAG: the spark-submit master and where runs are written.
     local_master: str = "local[2]"
     local_root: str = "output"
+    # A local step still running after this fails, its spark-submit ended (execution_timeout).
+    local_step_timeout_s: int = Field(4 * 3600, ge=1)
 
 
 class Settings(_Section):

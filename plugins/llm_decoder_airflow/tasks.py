@@ -6,13 +6,16 @@ returns JSON-serialisable dicts, so it is usable and testable outside a running 
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -43,6 +46,12 @@ from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.common.pipeline import STEPS, step_by_name
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
+# Loaded here, not in the forked child: the child may only make the prctl call before exec.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc Linux: the finally of run_local_step and on_kill still end the group
+    _LIBC = None
 
 
 def check_aws(aws_conn_id: str | None, bucket: str, region: str | None = None) -> None:
@@ -193,8 +202,17 @@ def local_step_args(step_name: str, prepared: Mapping[str, Any], settings: Setti
     )
 
 
-def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settings) -> None:
-    """Run one step with the local spark-submit; its output goes to the task log."""
+def run_local_step(
+    step_name: str,
+    prepared: Mapping[str, Any],
+    settings: Settings,
+    started: Callable[[subprocess.Popen], None] | None = None,
+) -> None:
+    """Run one step with the local spark-submit; its output goes to the task log.
+
+    spark-submit runs in its own process group, ended with the task however the task ends (a
+    failure, the execution timeout, a kill): its JVM and Python workers never outlive the
+    attempt. `started` gets the process (the operator's on_kill ends it from there)."""
     args = local_step_args(step_name, prepared, settings)
     log.info("running: %s", logged_command(args))
     env = {
@@ -205,18 +223,63 @@ def run_local_step(step_name: str, prepared: Mapping[str, Any], settings: Settin
         "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
     }
     tail: deque[str] = deque(maxlen=20)
-    with subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as process:
+    process = subprocess.Popen(
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+        preexec_fn=_terminate_with_parent,
+    )
+    if started is not None:
+        started(process)
+    try:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
             tail.append(line)
             log.info("%s", line)
+        process.wait()
+    finally:
+        end_process_group(process)
     if process.returncode != 0:
         errors = [line for line in tail if line.startswith("error:")]
         reason = errors[-1] if errors else (tail[-1] if tail else "no output")
         raise RuntimeError(f"{step_name} step failed (exit {process.returncode}): {reason}")
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the task process dies, even by SIGKILL (Linux)."""
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def end_process_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """End every process of a step's group: SIGTERM, then SIGKILL after `grace_s`."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # the group is gone: nothing left running
+    deadline = time.monotonic() + grace_s
+    while _group_alive(process) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _group_alive(process):
+        log.warning("%s did not stop on SIGTERM within %.0f s: SIGKILL", process.args[0], grace_s)
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader: a zombie still counts as a member of its group
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def collect_metrics(

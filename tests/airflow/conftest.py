@@ -186,7 +186,7 @@ def local_run(dagbag) -> dict:
     """One end-to-end run of llm_decoder_local on a corpus slice (shared by the local and replay tests)."""
     from llm_decoder_airflow.pipeline import run_id_from_airflow
 
-    root = SCRATCH / "local-dag-root"
+    root = LOCAL_ROOT / "dag-run"  # Param root must lie under the configured airflow.local_root
     corpus = SCRATCH / "corpus.txt"
     corpus.write_text(corpus_slice(), encoding="utf-8")
     dag = fresh_dag("llm_decoder_local")

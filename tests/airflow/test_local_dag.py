@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
+import yaml
+from airflow_testing import LOCAL_ROOT, SCRATCH, corpus_slice, fresh_dag
+from conftest import task_states
 
 from spark_jobs.common.pipeline import STEPS
 from spark_jobs.reporting.summary import HEADLINE_KEYS
@@ -47,11 +52,12 @@ def test_a_missing_corpus_fails_the_first_step_with_one_clear_line(tmp_path):
     from llm_decoder_airflow.tasks import prepare_local_run, run_local_step
 
     pipeline_raw, settings = load_local_config()
-    params = {"corpus_uri": str(tmp_path / "missing.txt"), "root": str(tmp_path / "root")}
+    root = LOCAL_ROOT / "bad-corpus"
+    params = {"corpus_uri": str(tmp_path / "missing.txt"), "root": str(root)}
     prepared = prepare_local_run(pipeline_raw, params, "manual__bad-corpus", settings.airflow.local_master)
     with pytest.raises(RuntimeError, match=r"preprocess step failed \(exit 2\): error: .*corpus not found"):
         run_local_step("preprocess", prepared, settings)
-    assert not (tmp_path / "root" / "runs" / prepared["run_id"] / "preprocess" / "_SUCCESS").exists()
+    assert not (root / "runs" / prepared["run_id"] / "preprocess" / "_SUCCESS").exists()
 
 
 def test_invalid_overrides_are_refused_before_anything_runs(tmp_path):
@@ -61,7 +67,50 @@ def test_invalid_overrides_are_refused_before_anything_runs(tmp_path):
     from spark_jobs.common.errors import ConfigError
 
     pipeline_raw, settings = load_local_config()
-    params = {"root": str(tmp_path), "overrides": ["training.batch_size=-1"]}
+    root = LOCAL_ROOT / "bad-params"
+    params = {"root": str(root), "overrides": ["training.batch_size=-1"]}
     with pytest.raises(ConfigError, match="training.batch_size"):
         prepare_local_run(pipeline_raw, params, "manual__bad-params", settings.airflow.local_master)
-    assert not (tmp_path / "runs").exists()
+    assert not (root / "runs").exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if text in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_step_past_its_timeout_fails_and_leaves_no_process(tmp_path, monkeypatch, airflow_db):
+    """execution_timeout ends the step's spark-submit, its JVM and its Python: nothing outlives
+    the attempt, so a retry could not run beside it."""
+    from llm_decoder_airflow.pipeline import run_id_from_airflow
+
+    config = yaml.safe_load((SCRATCH / "local.yaml").read_text())
+    config["airflow"].update({"local_step_timeout_s": 4, "retries": 0})
+    config_path = tmp_path / "local.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("LLM_DECODER_LOCAL_CONFIG", str(config_path))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(corpus_slice(), encoding="utf-8")
+
+    dag = fresh_dag("llm_decoder_local")
+    assert {dag.get_task(step.name).execution_timeout.total_seconds() for step in STEPS} == {4}
+    dag_run = dag.test(run_conf={"corpus_uri": str(corpus), "root": str(LOCAL_ROOT / "timeout")})
+
+    assert str(dag_run.state) == "failed"
+    states = task_states(dag.dag_id, dag_run.run_id)
+    assert states["preprocess"] == "failed"  # preprocess needs far more than 4 s: the timeout ended it
+    run_id = run_id_from_airflow(dag_run.run_id)
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(run_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_mentioning(run_id) == []
+    assert not (LOCAL_ROOT / "timeout" / "runs" / run_id / "preprocess" / "_SUCCESS").exists()
