@@ -190,3 +190,20 @@ def test_staging_estimates_from_the_median_hours_of_earlier_runs(s3):
         == 2.0
     )
     assert cost.earlier_cluster_hours(store, f"s3://{BUCKET}/no-runs-here", "new") == []
+
+
+def test_stage_logs_the_estimate_from_the_earlier_runs(s3, caplog):
+    from llm_decoder_airflow.params import emr_params
+
+    raw, settings = load_emr_config()
+    params = {name: param.value for name, param in emr_params(raw, settings.emr).items()}
+    params["prefix"] = "cost-staging"  # a root of its own: its earlier runs are these two
+    for run_id, hours in [("a", 1.0), ("b", 3.0)]:
+        body = json.dumps({"cluster_hours": hours}).encode()
+        s3.put_object(Bucket=BUCKET, Key=f"cost-staging/runs/{run_id}/summary.json", Body=body)
+    with caplog.at_level("INFO", logger="llm_decoder_airflow.tasks"):
+        staged = stage_emr_run(raw, settings, params, "manual__cost-estimate")
+    assert staged["estimate"]["estimate_hours"] == 2.0  # the median of 1 h and 3 h
+    assert staged["estimate"]["estimate_usd"] == round(2.0 * 1.2, 2)
+    assert "median cluster hours of 2 earlier run(s)" in staged["estimate"]["estimate_basis"]
+    assert f"run {staged['run_id']}: about 2.4 USD, estimate: 2.00 h" in caplog.text
