@@ -19,6 +19,7 @@ from spark_jobs.common.errors import PipelineError
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.pipeline import STEP_NAMES
+from spark_jobs.common.run_ids import with_run_id
 from spark_jobs.common.storage import run_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -51,6 +52,7 @@ def _run_step(
     step: str, config: str | None, overrides: list[str] | None, verbose: bool, **kwargs: Any
 ) -> Any:
     try:
+        overrides = with_run_id(config, overrides or [], step)
         cfg = _load(config, overrides, step)
         run = _step_function(step)
         with run_lease(run_dir(cfg.run.root, cfg.run.id), step):  # one writer per run
@@ -123,6 +125,10 @@ def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: Verbo
     from spark_jobs.common import storage
     from spark_jobs.reporting.html.render import write_html_report
 
+    try:
+        set_ = with_run_id(config, set_ or [], "pipeline")  # one id for the three steps
+    except PipelineError as exc:
+        _fail(exc, verbose)
     for step in STEP_NAMES:
         _run_step(step, config, set_, verbose)
     try:

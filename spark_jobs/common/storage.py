@@ -294,6 +294,16 @@ def makedirs(uri: str) -> None:
 # --- the run layout -------------------------------------------------------------------
 
 
+def modified_time(uri: str) -> float | None:
+    """A file's modification time (seconds since the epoch), local or S3; None if absent."""
+    fs, path = filesystem(uri)
+    with _errors_name(uri, "read"):
+        info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound or info.mtime is None:
+        return None
+    return info.mtime.timestamp()
+
+
 def run_dir(root: str, run_id: str) -> str:
     return join(root, "runs", run_id)
 

@@ -14,8 +14,6 @@ import json
 import logging
 from typing import Any
 
-from pyarrow import fs as pafs
-
 from spark_jobs.common import storage
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.pipeline import STEP_NAMES
@@ -27,15 +25,6 @@ log = logging.getLogger(__name__)
 # The figures `llm-decoder runs` shows, in column order: the contract's headline figures, less
 # run_id (the table's own "run" column).
 COLUMNS = tuple(key for key in HEADLINE_KEYS if key != "run_id")
-
-
-def _modified(uri: str) -> float | None:
-    """A file's modification time (seconds since the epoch), local or S3."""
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound or info.mtime is None:
-        return None
-    return info.mtime.timestamp()
 
 
 def _summary(uri: str) -> dict[str, Any] | None:
@@ -81,7 +70,7 @@ def list_runs(root: str) -> list[dict[str, Any]]:
                 "run_id": run_id,
                 "run_uri": run_uri,
                 "status": _status(run_uri, summary),
-                "finished": _modified(summary_uri) if summary is not None else None,
+                "finished": storage.modified_time(summary_uri) if summary is not None else None,
                 "champion": run_id == champion,
                 **{key: figures.get(key) for key in COLUMNS},
             }

@@ -19,6 +19,7 @@ from spark_jobs.common.config import PipelineConfig, load_config
 from spark_jobs.common.errors import PipelineError
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
+from spark_jobs.common.run_ids import with_run_id
 from spark_jobs.common.storage import run_dir
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def run_step_main(step: str, step_fn: StepFunction, argv: list[str] | None = Non
         sys.path.pop(0)
     args = parse_step_args(step, argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, with_run_id(args.config, args.overrides, step))
         configure_logging(config.run.id, step, config.run.log_level)
         kwargs = {"resume": True} if args.resume else {}
         with run_lease(run_dir(config.run.root, config.run.id), step):  # one writer per run
