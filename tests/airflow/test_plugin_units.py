@@ -348,7 +348,8 @@ def test_bootstrap_script_is_valid_bash():
 
     subprocess.run(["bash", "-n", str(staging.BOOTSTRAP_PATH)], check=True)
     text = staging.BOOTSTRAP_PATH.read_text()
-    assert "python${PYTHON_VERSION}" in text and "whl/cpu" in text and "whl/cu" in text
+    assert "python${PYTHON_VERSION}" in text and "--no-index" in text and "--require-hashes" in text
+    assert "download.pytorch.org" not in text and "pypi.org" not in text  # the nodes need no index
     assert yaml.safe_load((REPO / "configs" / "emr.yaml").read_text())["emr"]["python_version"] == "3.11"
 
 
