@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench airflow emr-box emr-plan compose-env clean
+.PHONY: venv run test lint bench airflow emr-box emr-plan lock wheelhouse compose-env clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 comes from the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -43,6 +43,17 @@ emr-plan: $(STAMP)
 # password. Made once, never overwritten; needs only python3, not the venv.
 compose-env:
 	@PYTHONPATH=$(CURDIR)/plugins $(PYTHON) -m launchers.compose_env --path $(CURDIR)/.env
+
+# The EMR nodes' packages, installed with no internet (plugins/llm_decoder_airflow/wheelhouse.py).
+# lock: resolve pyproject.toml (minus pyspark, CPU torch) into bootstrap/nodes.lock, exact with
+# hashes; commit it. wheelhouse: download its wheels into build/wheelhouse-<lock hash>/ (once per
+# lock); the `stage` task uploads it to s3://<bucket>/<prefix>/wheelhouse/<lock hash>/ once.
+# TORCH_INDEX= where download.pytorch.org is unreachable and pip's own config has the CPU torch.
+lock: $(STAMP)
+	PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m llm_decoder_airflow.wheelhouse lock
+
+wheelhouse: $(STAMP)
+	PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m llm_decoder_airflow.wheelhouse build
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ from llm_decoder_airflow.staging import (
     CONFIG_FILE,
     REQUIREMENTS,
     staged_script,
+    wheelhouse_uri,
 )
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import ConfigError
@@ -157,6 +158,9 @@ def cluster_spec(emr: EmrSettings, run_id: str, code: str) -> dict[str, Any]:
                         NODE_VENV,
                         "--requirements",
                         join(code, REQUIREMENTS),
+                        # The nodes install from it with --no-index: no package index is reached.
+                        "--wheelhouse",
+                        wheelhouse_uri(code),
                         # CPU torch only: GPU training is refused (settings.GPU_REFUSED).
                         "--torch",
                         "cpu",

@@ -3,7 +3,7 @@
     python -m llm_decoder_airflow.plan [--set key=value ...]
 
 One JSON object on stdout: `{"run_job_flow": {...}, "steps": [...], "estimate_usd": 1.2,
-"security_configuration": {...}}`,
+"security_configuration": {...}, "bootstrap_pip_install": "... --no-index ..."}`,
 for configs/emr.yaml (or $LLM_DECODER_EMR_CONFIG) and the DAG's Param defaults, rendered by
 the same code as the `stage` task (tasks.plan_emr_run) under the placeholder run id `plan`.
 `--set` overrides any key of the config file before it is read, the steps' sections
@@ -25,6 +25,7 @@ from llm_decoder_airflow.params import emr_params
 from llm_decoder_airflow.security import planned_request
 from llm_decoder_airflow.settings import emr_config_path, read_yaml, split_config
 from llm_decoder_airflow.tasks import plan_emr_run
+from llm_decoder_airflow.wheelhouse import bootstrap_pip_command
 from spark_jobs.common.config import apply_overrides
 from spark_jobs.common.errors import ConfigError
 
@@ -46,6 +47,8 @@ def plan(overrides: list[str]) -> dict[str, Any]:
         # What `stage` creates if absent (its JSON as an object), or null when
         # emr.security_configuration names one: run_job_flow's SecurityConfiguration says which.
         "security_configuration": planned_request(settings.emr),
+        # What the bootstrap action (run_job_flow's BootstrapActions) installs with on every node.
+        "bootstrap_pip_install": bootstrap_pip_command(),
     }
 
 

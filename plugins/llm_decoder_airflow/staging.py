@@ -1,5 +1,6 @@
-"""Staging a run: the code archive, the entry scripts, the rendered config and the bootstrap
-script, uploaded to `<root>/runs/<run_id>/code/` (s3:// through S3Hook, or a local folder).
+"""Staging a run: the code archive, the entry scripts, the rendered config, the nodes' lock and
+the bootstrap script, uploaded to `<root>/runs/<run_id>/code/` (s3:// through S3Hook, or a local
+folder); and, once per lock, the nodes' wheelhouse to `<root>/wheelhouse/<lock hash>/`.
 
 The steps on the cluster then need nothing but S3: `spark-submit --py-files spark_jobs.zip
 s3://.../code/<step>.py --config s3://.../code/config.yaml ...`.
@@ -7,17 +8,14 @@ s3://.../code/<step>.py --config s3://.../code/config.yaml ...`.
 
 from __future__ import annotations
 
-import importlib.metadata
 import io
 import logging
-import re
-import tomllib
 import zipfile
 from pathlib import Path
 
+from llm_decoder_airflow import wheelhouse
 from llm_decoder_airflow.files import FileStore, join
 from llm_decoder_airflow.pipeline import package_dir
-from llm_decoder_airflow.settings import PROJECT_ROOT
 from spark_jobs.common.pipeline import STEPS, Step
 
 log = logging.getLogger(__name__)
@@ -25,12 +23,9 @@ log = logging.getLogger(__name__)
 # What <root>/runs/<run_id>/code/ holds, beside each step's entry script.
 CODE_ARCHIVE = "spark_jobs.zip"  # the spark_jobs package, for --py-files
 CONFIG_FILE = "config.yaml"  # the run's rendered config: the one record every step reads
-REQUIREMENTS = "requirements.txt"  # what the bootstrap action installs on every node
+REQUIREMENTS = "requirements.txt"  # the nodes' lock (bootstrap/nodes.lock): what every node installs
 BOOTSTRAP_SCRIPT = "install_python_deps.sh"
 BOOTSTRAP_PATH = Path(__file__).parent / "bootstrap" / BOOTSTRAP_SCRIPT
-DISTRIBUTION = "llm-decoder"
-# EMR provides Spark (and its pyspark) itself; installing another would shadow it.
-PROVIDED_BY_EMR = {"pyspark"}
 # A fixed timestamp keeps the archive byte-identical for identical code.
 _ZIP_DATE = (2020, 1, 1, 0, 0, 0)
 
@@ -60,28 +55,29 @@ def entry_scripts() -> dict[str, bytes]:
     return {staged_script(step): (package / step.script).read_bytes() for step in STEPS}
 
 
-def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip().lower()
-
-
 def runtime_requirements() -> str:
-    """The project's pinned runtime dependencies, minus what EMR provides, one per line."""
-    try:
-        requires = importlib.metadata.requires(DISTRIBUTION) or []
-        requirements = [r for r in requires if "extra ==" not in r]
-    except importlib.metadata.PackageNotFoundError:
-        pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-        requirements = list(pyproject["project"]["dependencies"])
-    kept = [r.split(";")[0].strip() for r in requirements if _name(r) not in PROVIDED_BY_EMR]
-    return "\n".join(kept) + "\n"
+    """The project's pinned runtime dependencies, minus what EMR provides, one per line (what
+    `make lock` resolves into the nodes' lock)."""
+    return "\n".join(wheelhouse.runtime_requirements()) + "\n"
+
+
+def wheelhouse_uri(code: str) -> str:
+    """Where the bootstrap action finds the wheelhouse of the nodes' lock: beside the runs, under
+    the same root, so every run of a bucket shares it (`code` is `<root>/runs/<run_id>/code`)."""
+    root = code.rstrip("/").rsplit("/runs/", 1)[0]
+    return wheelhouse.s3_uri(root)
 
 
 def stage_code(files: FileStore, code: str, config_yaml: str) -> dict[str, str]:
-    """Upload everything one run's EMR steps and bootstrap action need; return {name: uri}."""
+    """Upload everything one run's EMR steps and bootstrap action need; return {name: uri}.
+
+    The wheelhouse comes first: without it no node could install, and nothing of the run is staged."""
+    wheelhouse.check_lock_current()
+    wheelhouse.stage(files, wheelhouse_uri(code), wheelhouse.local_dir())
     uploads = {
         CODE_ARCHIVE: build_code_archive(),
         CONFIG_FILE: config_yaml.encode("utf-8"),
-        REQUIREMENTS: runtime_requirements().encode("utf-8"),
+        REQUIREMENTS: wheelhouse.LOCK_PATH.read_bytes(),
         BOOTSTRAP_SCRIPT: BOOTSTRAP_PATH.read_bytes(),
         **entry_scripts(),
     }

@@ -10,8 +10,9 @@ lock's hash), staged once per bucket and reused by every later run. The bootstra
 from S3 (the S3 gateway endpoint is all a private subnet needs) and runs
 `pip install --no-index --find-links <copy> --require-hashes -r nodes.lock`.
 
-Graviton (aarch64) instance types need a lock and wheelhouse of their own (`--arch aarch64`);
-that path is written but untested: PyTorch's aarch64 CPU wheel was not reachable where this was built.
+Graviton (aarch64) instance types would need a lock and wheelhouse of their own (`--arch aarch64`
+resolves one); no run stages or installs it yet, and it is untested: PyTorch's aarch64 CPU wheel
+(download.pytorch.org) was not reachable where this was built.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ GLIBC_MAX = 34
 ARCHES = ("x86_64", "aarch64")
 # EMR provides Spark (and its pyspark) itself; installing another would shadow it.
 PROVIDED_BY_EMR = {"pyspark"}
-# PyPI's x86_64 torch is the CUDA build (several GB of nvidia-* wheels); the nodes run CPU torch.
+# PyPI's linux torch is the CUDA build (several GB of nvidia-* wheels); the nodes run CPU torch.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # The bootstrap runs pip from its wheel in the wheelhouse (`python pip-*.whl/pip install ...`):
 # the nodes' pip is locked too, and the venv needs no ensurepip (seconds of CPU per node).
@@ -66,12 +67,12 @@ def runtime_requirements() -> list[str]:
     return [r.split(";")[0].strip() for r in requirements if requirement_name(r) not in PROVIDED_BY_EMR]
 
 
-def node_requirements(arch: str = "x86_64") -> list[str]:
-    """What the lock is resolved from: the runtime requirements with torch's CPU build on x86_64
-    (`torch==2.13.0` → `torch==2.13.0+cpu`; on aarch64 PyPI's torch is already the CPU build)."""
+def node_requirements() -> list[str]:
+    """What the lock is resolved from: the runtime requirements with torch's CPU build
+    (`torch==2.13.0` → `torch==2.13.0+cpu`: PyPI's torch pulls CUDA on x86_64 and aarch64 alike)."""
     pinned = []
     for requirement in runtime_requirements():
-        if arch == "x86_64" and requirement_name(requirement) == "torch" and "+" not in requirement:
+        if requirement_name(requirement) == "torch" and "+" not in requirement:
             if "==" not in requirement:
                 raise InputError(
                     f"pyproject.toml: torch must be pinned with == for the nodes' lock, got {requirement!r}"
@@ -131,7 +132,7 @@ def resolve_lock(
     as `name==version --hash=sha256:...`, sorted. Uses the package indexes, installs nothing."""
     with tempfile.TemporaryDirectory() as scratch:
         requirements = Path(scratch) / "nodes.in"
-        requirements.write_text("\n".join(node_requirements(arch)) + "\n", encoding="utf-8")
+        requirements.write_text("\n".join(node_requirements()) + "\n", encoding="utf-8")
         report = Path(scratch) / "report.json"
         _pip(
             python, "install", "--quiet", "--dry-run", "--ignore-installed", "--report", str(report),
@@ -154,6 +155,31 @@ def resolve_lock(
     return "\n".join(lines + sorted(pins)) + "\n"
 
 
+def locked_versions(lock_path: Path = LOCK_PATH) -> dict[str, str]:
+    """{name: version} of the lock's pins."""
+    try:
+        text = lock_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{lock_path} does not exist: run `make lock`") from None
+    pins = re.findall(r"(?m)^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", text)
+    return {name.lower().replace("_", "-"): version for name, version in pins}
+
+
+def check_lock_current(lock_path: Path = LOCK_PATH) -> None:
+    """Fail when pyproject.toml asks for a package or version the lock does not pin."""
+    from packaging.requirements import Requirement
+
+    locked = locked_versions(lock_path)
+    for line in node_requirements():
+        requirement = Requirement(line)
+        version = locked.get(requirement.name.lower().replace("_", "-"))
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            found = f"pins {version}" if version else "does not pin it"
+            raise InputError(
+                f"{lock_path.name} is out of date: pyproject.toml asks for {line}, the lock {found}: run `make lock`"
+            )
+
+
 def lock_hash(lock_path: Path = LOCK_PATH) -> str:
     """The lock's identity: the wheelhouse's folder and S3 key carry it."""
     try:
@@ -162,13 +188,19 @@ def lock_hash(lock_path: Path = LOCK_PATH) -> str:
         raise InputError(f"{lock_path} does not exist: run `make lock`") from None
 
 
-def local_dir(lock_path: Path = LOCK_PATH, build_dir: Path = BUILD_DIR) -> Path:
-    return build_dir / f"wheelhouse-{lock_hash(lock_path)}"
+def local_dir(lock_path: Path = LOCK_PATH, build_dir: Path | None = None) -> Path:
+    """build/wheelhouse-<lock hash>: where `make wheelhouse` puts the lock's wheels."""
+    return (build_dir or BUILD_DIR) / f"wheelhouse-{lock_hash(lock_path)}"
 
 
 def s3_uri(root: str, lock_path: Path = LOCK_PATH) -> str:
     """Where a bucket keeps the wheelhouse of this lock: <root>/wheelhouse/<lock hash>."""
     return join(root, "wheelhouse", lock_hash(lock_path))
+
+
+def manifest_uri(root: str, lock_path: Path = LOCK_PATH) -> str:
+    """The object whose presence says the lock's wheelhouse is completely staged under `root`."""
+    return join(s3_uri(root, lock_path), MANIFEST)
 
 
 def _sha256(path: Path) -> str:
@@ -181,7 +213,7 @@ def _sha256(path: Path) -> str:
 
 def build(
     lock_path: Path = LOCK_PATH,
-    build_dir: Path = BUILD_DIR,
+    build_dir: Path | None = None,
     arch: str = "x86_64",
     torch_index: str | None = TORCH_CPU_INDEX,
     python: str = sys.executable,
@@ -190,12 +222,13 @@ def build(
 
     The folder appears complete or not at all: wheels, the lock and the manifest are written to a
     scratch folder that is renamed into place."""
+    check_lock_current(lock_path)
     target = local_dir(lock_path, build_dir)
     if (target / MANIFEST).is_file():
         log.info("wheelhouse %s is already built", target)
         return target
-    build_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=build_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         _pip(
             python, "download", "--quiet", "--no-deps", "--require-hashes", "--dest", str(scratch),
@@ -211,6 +244,29 @@ def build(
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("built wheelhouse %s (%d files)", target, len(files))
     return target
+
+
+def bootstrap_pip_command(
+    script: Path = Path(__file__).parent / "bootstrap" / "install_python_deps.sh",
+) -> str:
+    """The pip command the bootstrap action runs on every node, as the script spells it (for
+    `make emr-plan`: the requests name the script, this shows what it installs with)."""
+    lines = script.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if '"$PIP_WHEEL/pip" install' in line)
+    command = lines[start]
+    while command.rstrip().endswith("\\"):
+        start += 1
+        command = command.rstrip()[:-1] + " " + lines[start].strip()
+    command = command[command.index('"$VENV/bin/python"') :].split(" 2>", 1)[0]
+    for variable, meaning in (
+        ('"$VENV/bin/python"', "<--venv>/bin/python"),
+        ('"$PIP_WHEEL/pip"', "<the wheelhouse's pip wheel>/pip"),
+        ('"$COMPILE"', "--compile"),
+        ('"$WHEELS"', "<local copy of --wheelhouse>"),
+        ('"$REQUIREMENTS"', "<local copy of --requirements>"),
+    ):
+        command = command.replace(variable, meaning)
+    return re.sub(r"\s+", " ", command).strip()
 
 
 def _upload(files: FileStore, path: Path, uri: str) -> None:
@@ -251,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock", type=Path, default=LOCK_PATH, help="the lock file (default: %(default)s)")
     parser.add_argument("--arch", choices=ARCHES, default="x86_64")
     parser.add_argument("--torch-index", default=os.environ.get("TORCH_INDEX", TORCH_CPU_INDEX))
-    parser.add_argument("--build-dir", type=Path, default=BUILD_DIR)
+    parser.add_argument("--build-dir", type=Path, default=None, help=f"default: {BUILD_DIR}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -260,8 +316,10 @@ def main(argv: list[str] | None = None) -> None:
             log.info("wrote %s (hash %s)", args.lock, lock_hash(args.lock))
         else:
             print(build(args.lock, args.build_dir, args.arch, args.torch_index))
-    except (InputError, subprocess.CalledProcessError) as error:
+    except InputError as error:
         sys.exit(f"wheelhouse {args.command}: {error}")
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"wheelhouse {args.command}: pip exited with {error.returncode} (its message is above)")
 
 
 if __name__ == "__main__":

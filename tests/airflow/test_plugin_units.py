@@ -521,3 +521,79 @@ def test_emr_plan_prints_the_requests_the_dag_would_send_without_aws():
     )
     assert refused.returncode == 2 and refused.stdout == ""
     assert "emr.release_label: 'emr-6.15.0': emr-7.x only" in refused.stderr
+
+
+def test_the_nodes_lock_is_exact_current_and_cpu_only(tmp_path):
+    from llm_decoder_airflow import wheelhouse
+
+    wheelhouse.check_lock_current()  # pyproject.toml changed without `make lock` fails here
+    text = wheelhouse.LOCK_PATH.read_text()
+    pins = [line for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert pins and all(re.fullmatch(r"[a-z0-9.-]+==\S+ \\", line) for line in pins)
+    assert text.count("--hash=sha256:") == len(pins)
+    versions = wheelhouse.locked_versions()
+    assert versions["torch"] == "2.13.0+cpu" and "pyspark" not in versions and "pip" in versions
+    assert not any(name.startswith("nvidia-") for name in versions)  # no CUDA on CPU nodes
+    stale = tmp_path / "nodes.lock"
+    stale.write_text(re.sub(r"(?m)^tokenizers==.*\n.*\n", "", text))
+    with pytest.raises(InputError, match=r"^nodes.lock is out of date: .*tokenizers.*run `make lock`$"):
+        wheelhouse.check_lock_current(stale)
+
+
+def _fake_wheelhouse(path, names=("a-1.0-py3-none-any.whl", "nodes.lock")):
+    from llm_decoder_airflow import wheelhouse
+
+    path.mkdir(parents=True)
+    for name in names:
+        (path / name).write_text(name)
+    manifest = {"files": {name: "sha" for name in names}}
+    (path / wheelhouse.MANIFEST).write_text(json.dumps(manifest))
+    return path
+
+
+def test_the_wheelhouse_is_staged_once_with_its_manifest_last(tmp_path, s3):
+    from airflow_testing import BUCKET
+    from llm_decoder_airflow import wheelhouse
+
+    files, uri = FileStore("aws_default"), f"s3://{BUCKET}/p/wheelhouse/abc"
+    # A file missing locally stops the upload before the manifest: the next staging retries.
+    broken = _fake_wheelhouse(tmp_path / "broken")
+    (broken / "nodes.lock").unlink()
+    with pytest.raises(FileNotFoundError):
+        wheelhouse.stage(files, uri, broken)
+    assert files.exists(f"{uri}/a-1.0-py3-none-any.whl") and not files.exists(f"{uri}/{wheelhouse.MANIFEST}")
+
+    built = _fake_wheelhouse(tmp_path / "built")
+    assert wheelhouse.stage(files, uri, built) is True
+    assert files.read_text(f"{uri}/nodes.lock") == "nodes.lock" and files.exists(
+        f"{uri}/{wheelhouse.MANIFEST}"
+    )
+    # Reused by later runs, even from a machine without the local build.
+    assert wheelhouse.stage(files, uri, tmp_path / "absent") is False
+
+
+def test_staging_without_a_wheelhouse_is_one_error_and_stages_nothing(tmp_path, s3, monkeypatch):
+    from airflow_testing import BUCKET
+    from llm_decoder_airflow import wheelhouse
+
+    monkeypatch.setattr(wheelhouse, "BUILD_DIR", tmp_path / "build")  # no `make wheelhouse` here
+    code = f"s3://{BUCKET}/p/runs/r1/code"
+    expected = rf"no wheelhouse for the nodes' lock at s3://{BUCKET}/p/wheelhouse/{wheelhouse.lock_hash()}/MANIFEST.json"
+    with pytest.raises(InputError, match=re.escape(expected) + ".*run `make wheelhouse`"):
+        staging.stage_code(FileStore("aws_default"), code, "run: {}\n")
+    assert not FileStore("aws_default").exists(f"{code}/{staging.CONFIG_FILE}")
+
+
+def test_the_nodes_install_from_the_staged_wheelhouse_with_no_index():
+    from llm_decoder_airflow import wheelhouse
+
+    spec = emr.cluster_spec(EmrSettings(bucket="b", prefix="p"), "r1", "s3://b/p/runs/r1/code")
+    args = spec["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+    assert args[args.index("--wheelhouse") + 1] == f"s3://b/p/wheelhouse/{wheelhouse.lock_hash()}"
+    assert args[args.index("--requirements") + 1] == "s3://b/p/runs/r1/code/requirements.txt"
+    command = wheelhouse.bootstrap_pip_command()
+    assert (
+        command.startswith("<--venv>/bin/python")
+        and "--no-index" in command
+        and "--require-hashes" in command
+    )
