@@ -238,6 +238,8 @@ def build(
         files = {path.name: _sha256(path) for path in sorted(scratch.iterdir())}
         manifest = {"lock_hash": lock_hash(lock_path), "arch": arch, "python": PYTHON_VERSION, "files": files}
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if (target / MANIFEST).is_file():
+            return target  # another build of the same lock finished first
         shutil.rmtree(target, ignore_errors=True)  # a folder left without a manifest
         os.replace(scratch, target)
     finally:
