@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ ARCHES = ("x86_64", "aarch64")
 PROVIDED_BY_EMR = {"pyspark"}
 # PyPI's linux torch is the CUDA build (several GB of nvidia-* wheels); the nodes run CPU torch.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+DISTRIBUTION = "llm-decoder"
 # The bootstrap runs pip from its wheel in the wheelhouse (`python pip-*.whl/pip install ...`):
 # the nodes' pip is locked too, and the venv needs no ensurepip (seconds of CPU per node).
 NODE_TOOLS = ("pip",)
@@ -61,9 +63,19 @@ def requirement_name(requirement: str) -> str:
 
 
 def runtime_requirements() -> list[str]:
-    """The project's runtime dependencies from pyproject.toml, minus what EMR provides."""
-    pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    requirements = pyproject["project"]["dependencies"]
+    """The project's runtime dependencies from pyproject.toml (or, in an image without the source
+    tree, the installed distribution's metadata), minus what EMR provides."""
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        requirements = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    else:
+        try:
+            requires = importlib.metadata.requires(DISTRIBUTION) or []
+        except importlib.metadata.PackageNotFoundError:
+            raise InputError(
+                f"neither {pyproject} nor an installed {DISTRIBUTION} says what the nodes need"
+            ) from None
+        requirements = [r for r in requires if "extra ==" not in r]
     return [r.split(";")[0].strip() for r in requirements if requirement_name(r) not in PROVIDED_BY_EMR]
 
 
