@@ -49,11 +49,19 @@ def _load(config: str | None, overrides: list[str] | None, step: str) -> Pipelin
 
 
 def _run_step(
-    step: str, config: str | None, overrides: list[str] | None, verbose: bool, **kwargs: Any
+    step: str,
+    config: str | None,
+    overrides: list[str] | None,
+    verbose: bool,
+    note: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     try:
-        overrides = with_run_id(config, overrides or [], step)
+        if note is None:
+            overrides, note = with_run_id(config, overrides or [], step)
         cfg = _load(config, overrides, step)
+        if note:
+            log.info("%s", note)
         run = _step_function(step)
         with run_lease(run_dir(cfg.run.root, cfg.run.id), step):  # one writer per run
             if step == "train" and sys.stderr.isatty():
@@ -126,11 +134,11 @@ def pipeline(config: ConfigOption = None, set_: SetOption = None, verbose: Verbo
     from spark_jobs.reporting.html.render import write_html_report
 
     try:
-        set_ = with_run_id(config, set_ or [], "pipeline")  # one id for the three steps
+        set_, note = with_run_id(config, set_ or [], "pipeline")  # one id for the three steps
     except PipelineError as exc:
         _fail(exc, verbose)
     for step in STEP_NAMES:
-        _run_step(step, config, set_, verbose)
+        _run_step(step, config, set_, verbose, note="" if step != STEP_NAMES[0] else note)
     try:
         cfg = _load(config, set_, "report")
         typer.echo(write_html_report(storage.run_dir(cfg.run.root, cfg.run.id)))

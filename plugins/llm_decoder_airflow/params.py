@@ -139,7 +139,7 @@ def emr_params(pipeline_raw: Mapping[str, Any], emr: EmrSettings) -> dict[str, P
             emr.core_instance_type,
             type="string",
             pattern=r"^[a-z][a-z0-9-]*\.[0-9]*[a-z]+$",
-            examples=["m5.xlarge", "m5.2xlarge", "m5.4xlarge", "c5.2xlarge", "r5.xlarge", "g4dn.xlarge"],
+            examples=["m5.xlarge", "m5.2xlarge", "m5.4xlarge", "c5.2xlarge", "r5.xlarge", "m6i.2xlarge"],
             title="Core instance type",
             description="EC2 instance type of the core nodes (the executors).",
         ),

@@ -8,7 +8,6 @@ Naming the run (`--set run.id=...`) always wins.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 
@@ -17,23 +16,21 @@ from spark_jobs.common.config import RunConfig, apply_overrides, load_raw
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.pipeline import step_by_name
 
-log = logging.getLogger(__name__)
 
-
-def with_run_id(config_path: str | None, overrides: list[str], step: str) -> list[str]:
+def with_run_id(config_path: str | None, overrides: list[str], step: str) -> tuple[list[str], str | None]:
     """The overrides, plus run.id when neither the config file nor them name the run: a new
-    id for preprocess (and `pipeline`), the latest run whose inputs are complete for a later step."""
+    id for preprocess (and `pipeline`), the latest run whose inputs are complete for a later step.
+    Also the line to log once the step's logging is set up (None when the run was named)."""
     raw = apply_overrides(load_raw(config_path) if config_path else {}, list(overrides))
     run = raw.get("run") or {}
     if run.get("id") is not None:
-        return list(overrides)
+        return list(overrides), None
     if step in ("preprocess", "pipeline"):
         run_id, how = new_run_id(), "a new run"
     else:
         run_id = latest_run_for(str(run.get("root") or RunConfig().root), step)
         how = f"the latest run whose {step} inputs are complete"
-    log.warning("run id: %s (%s; --set run.id=... names one)", run_id, how)
-    return [*overrides, f"run.id={run_id}"]
+    return [*overrides, f"run.id={run_id}"], f"run id {run_id}: {how} (--set run.id=... names one)"
 
 
 def new_run_id() -> str:

@@ -10,10 +10,10 @@ Layout of one run (every step writes only under its own folder):
     <root>/runs/<run_id>/train-attempts/<id>/  rank-<r>.json: a ddp rank's error (removed after the attempt)
     <root>/models/champion.json        the promoted model
 
-A step is complete when its folder holds `_SUCCESS`. `step_output` writes a step into a
-temporary sibling folder and renames it into place (local), or clears the folder and writes
-the marker last (S3, which has no rename); either way a reader never takes a half-written
-step for a finished one, and a re-run replaces the previous output.
+A step is complete when its folder holds `_SUCCESS`. `step_output` writes each attempt of a
+step into its own sibling folder and puts it in place only once it succeeded (a rename
+locally; a server-side copy with the marker last on S3): a reader never takes a half-written
+step for a finished one, and a re-run that fails leaves the previous output as it was.
 
 An S3 filesystem is made per bucket in the bucket's own region (`bucket_region`).
 
@@ -26,6 +26,7 @@ names the URI, not a pyarrow OSError traceback: the step's entry point prints it
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import posixpath
@@ -34,8 +35,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from pyarrow import fs as pafs
 
@@ -316,8 +318,19 @@ def is_complete(step_uri: str) -> bool:
     return exists(join(step_uri, SUCCESS_MARKER))
 
 
+def output_record(step_uri: str) -> dict[str, Any]:
+    """What a complete step's marker says: {"output": id, "made_from": {step: id}}; {} when it
+    says nothing (an output written before markers carried records)."""
+    try:
+        record = json.loads(read_text(join(step_uri, SUCCESS_MARKER)) or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def require_complete(step_uri: str, step: str) -> None:
     """Refuse to read a previous step's output unless it was marked complete."""
+    _finish_interrupted_commit(normalize(step_uri))
     if not exists(step_uri):
         raise InputError(f"{step} output not found: {step_uri} (run the {step} step first)")
     if not is_complete(step_uri):
@@ -327,36 +340,82 @@ def require_complete(step_uri: str, step: str) -> None:
 
 
 @contextlib.contextmanager
-def step_output(final_uri: str) -> Iterator[str]:
-    """Yield a folder to write a step's output into; commit it with `_SUCCESS` on success.
+def step_output(final_uri: str, made_from: Mapping[str, str | None] | None = None) -> Iterator[str]:
+    """Yield a fresh attempt folder to write a step's output into; commit it on success.
 
-    Local: the output goes to a temporary sibling folder which replaces `final_uri` by rename.
-    S3: the old output and marker are removed first, the output is written in place, and
-    the marker comes last. On an exception nothing is marked complete.
+    The attempt is a sibling of `final_uri` (`.<name>.attempt-<id>`). Until the attempt has
+    succeeded, the previous output stays in place and complete: a re-run that fails (a bad
+    corpus, a killed process) loses nothing. On success the attempt gets its `_SUCCESS` and
+    replaces the old output: by two renames locally; on S3, which has no rename, by copying
+    its objects in (server side) with the marker last. A commit cut short on S3 is finished by
+    the next reader (`require_complete`) or attempt, from the attempt, which is complete.
     """
     final_uri = normalize(final_uri)
-    marker = join(final_uri, SUCCESS_MARKER)
-    delete(marker)  # from now on the old output no longer counts as complete
-    if is_s3(final_uri):
-        delete(final_uri)
-        yield final_uri
-        write_text(marker, "")
-        return
-
-    parent = os.path.dirname(final_uri)
-    os.makedirs(parent, exist_ok=True)
-    base = os.path.basename(final_uri)
-    for name in os.listdir(parent):  # leftovers of interrupted attempts
-        if name.startswith(f".{base}.tmp-"):
-            delete(os.path.join(parent, name))
-    tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(tmp)
+    _finish_interrupted_commit(final_uri)
+    for stale in _attempts(final_uri):  # leftovers of attempts that failed or were killed
+        delete(stale)
+    output_id = uuid.uuid4().hex[:8]
+    attempt = _sibling(final_uri, f"attempt-{output_id}")
+    makedirs(attempt)
     try:
-        yield tmp
+        yield attempt
     except BaseException:
-        delete(tmp)
+        delete(attempt)
         raise
-    delete(final_uri)
-    os.rename(tmp, final_uri)
-    write_text(marker, "")
+    # The marker names this output and what it was made from (spark_jobs.common.lineage).
+    record = {"output": output_id, "made_from": dict(made_from or {})}
+    write_text(join(attempt, SUCCESS_MARKER), json.dumps(record, sort_keys=True))
+    _commit(attempt, final_uri)
     log.info("committed %s", final_uri)
+
+
+def _sibling(final_uri: str, suffix: str) -> str:
+    parent, name = posixpath.split(final_uri.rstrip("/"))
+    return join(parent, f".{name}.{suffix}")
+
+
+def _attempts(final_uri: str) -> list[str]:
+    parent, name = posixpath.split(final_uri.rstrip("/"))
+    prefix = f".{name}.attempt-"
+    return [join(parent, entry) for entry in list_dir(parent) if entry.startswith(prefix)]
+
+
+def _commit(attempt: str, final_uri: str) -> None:
+    """Put a complete attempt in place of `final_uri`."""
+    if not is_s3(final_uri):
+        old = _sibling(final_uri, f"old-{uuid.uuid4().hex[:8]}")
+        if os.path.exists(final_uri):
+            os.rename(final_uri, old)
+        os.rename(attempt, final_uri)  # the data and its marker appear at once
+        delete(old)
+        return
+    delete(join(final_uri, SUCCESS_MARKER))  # from here the old output no longer counts
+    delete(final_uri)
+    fs, source = filesystem(attempt)
+    _, target = filesystem(final_uri)
+    with _errors_name(attempt, "copy"):
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(source, recursive=True)) if i.is_file]
+        for path in files:
+            if posixpath.basename(path) != SUCCESS_MARKER or posixpath.dirname(path) != source:
+                fs.copy_file(path, target + path[len(source) :])
+    write_text(join(final_uri, SUCCESS_MARKER), read_text(join(attempt, SUCCESS_MARKER)))
+    delete(attempt)
+
+
+def _finish_interrupted_commit(final_uri: str) -> None:
+    """Finish a commit that was cut short: forward from its complete attempt or, locally, back
+    from the renamed-away old output; so the last good output is never left unmarked."""
+    parent, name = posixpath.split(final_uri.rstrip("/"))
+    if not is_complete(final_uri):
+        done = [attempt for attempt in _attempts(final_uri) if is_complete(attempt)]
+        if done:
+            log.warning("finishing the interrupted commit of %s", final_uri)
+            _commit(max(done, key=lambda a: modified_time(join(a, SUCCESS_MARKER)) or 0.0), final_uri)
+            return
+    if is_s3(final_uri):
+        return
+    for old in [join(parent, e) for e in list_dir(parent) if e.startswith(f".{name}.old-")]:
+        if not os.path.exists(final_uri) and is_complete(old):
+            os.rename(old, final_uri)
+        else:
+            delete(old)

@@ -51,8 +51,11 @@ def run_step_main(step: str, step_fn: StepFunction, argv: list[str] | None = Non
         sys.path.pop(0)
     args = parse_step_args(step, argv)
     try:
-        config = load_config(args.config, with_run_id(args.config, args.overrides, step))
+        overrides, note = with_run_id(args.config, args.overrides, step)
+        config = load_config(args.config, overrides)
         configure_logging(config.run.id, step, config.run.log_level)
+        if note:
+            log.info("%s", note)
         kwargs = {"resume": True} if args.resume else {}
         with run_lease(run_dir(config.run.root, config.run.id), step):  # one writer per run
             step_fn(config, **kwargs)

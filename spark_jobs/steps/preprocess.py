@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spark_jobs.common import finite_json, storage
+from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.data import corpus as corpus_io
 from spark_jobs.data import embeddings as emb
@@ -270,6 +270,7 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
         }
         finite_json.write(storage.join(out, "stats.json"), stats)
         record_step_metrics(spark, job_group, out)
+    lineage.drop_checkpoints(config.run.root, config.run.id, because="the preprocess step")
     log.info(
         "preprocess done: %d documents, %d chars, %d tokens (%.2f chars/token), %.1f s, %.0f tokens/s",
         *(stats["documents"], chars, total_tokens, stats["chars_per_token"], stats["seconds"]),

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from spark_jobs.common import finite_json, storage
+from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import InputError, TrainingError
 from spark_jobs.data.embeddings import read_table
@@ -65,6 +65,8 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
     window_dir = storage.step_dir(root, run_id, "window")
     storage.require_complete(preprocess_dir, "preprocess")
     storage.require_complete(window_dir, "window")
+    made_from = lineage.current_outputs(root, run_id, ("preprocess", "window"))
+    lineage.require_made_from_current(window_dir, "window", {"preprocess": made_from["preprocess"]})
 
     distribution_uri = storage.join(window_dir, "data_distribution.json")
     distribution = _read_json(distribution_uri)
@@ -135,6 +137,7 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
         chars_per_token=float(chars_per_token),
         num_train_windows=num_train,
         num_val_windows=num_val,
+        made_from=made_from,
     )
 
 
@@ -266,7 +269,7 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         summary["tokens_per_s_note"] = "mlp: one predicted token per window"
 
     train_dir = storage.step_dir(config.run.root, config.run.id, "train")
-    with storage.step_output(train_dir) as out:
+    with storage.step_output(train_dir, made_from=inputs.made_from) as out:
         metadata = {k: summary[k] for k in ("run_id", "strategy", "steps", "val_loss", "val_accuracy")}
         model_io.save_model(model, config.model, storage.join(out, "model"), tokenizer_uri, metadata)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spark_jobs.common import finite_json, storage
+from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.spark_session import get_spark
@@ -104,7 +104,9 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         "valid_split": config.training.valid_split,
         "chars_per_token": chars_per_token,
     }
-    with storage.step_output(storage.step_dir(config.run.root, config.run.id, "window")) as out:
+    made_from = lineage.current_outputs(config.run.root, config.run.id, ("preprocess",))
+    window_dir = storage.step_dir(config.run.root, config.run.id, "window")
+    with storage.step_output(window_dir, made_from=made_from) as out:
         for split in SPLITS:
             plan = plans[split]
             windows = _windows(spark, tokens, segments, docs, plan, keys[len(plan)], window_size, stride)
@@ -125,6 +127,7 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         timing = {"run_id": config.run.id, "seconds": round(time.perf_counter() - began, 3)}
         finite_json.write(storage.join(out, "stats.json"), timing)
         record_step_metrics(spark, job_group, out)
+    lineage.drop_checkpoints(config.run.root, config.run.id, because="the window step")
 
     seconds = time.perf_counter() - began
     train, val = distribution["train"], distribution["val"]

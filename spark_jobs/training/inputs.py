@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,3 +25,6 @@ class TrainInputs:
     chars_per_token: float
     num_train_windows: int
     num_val_windows: int
+    # The preprocess and window output ids trained on (spark_jobs.common.lineage): recorded in
+    # every checkpoint, and a resume from other data is refused.
+    made_from: dict[str, str | None] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from spark_jobs.common import lineage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import TrainingError
 from spark_jobs.models import build_model
@@ -186,6 +187,12 @@ class TrainingRun:
                 f"{checkpoint.uri} was written for model {saved_model}, not the configured "
                 f"{configured}; delete {self.inputs.checkpoint_dir} or use another run.id"
             )
+        changed = lineage.changed_inputs(checkpoint.state.get("made_from") or {}, self.inputs.made_from)
+        if changed:
+            raise TrainingError(
+                f"{checkpoint.uri} was trained on other data ({'; '.join(changed)}): the run's "
+                f"inputs were re-made since; delete {self.inputs.checkpoint_dir} or use another run.id"
+            )
         self.model.load_state_dict(checkpoint.model_state)
         checkpoint.restore_optimizer(self.optimizer)
         torch.set_rng_state(checkpoint.rng_state)
@@ -207,6 +214,7 @@ class TrainingRun:
             "model": self.config.model.model_dump(mode="json"),
             "strategy": self.cfg.strategy,
             "num_workers": 1 if self.cfg.strategy == "single" else self.cfg.num_workers,
+            "made_from": self.inputs.made_from,
         }
         self.last_checkpoint = checkpoints.save_checkpoint(
             self.inputs.checkpoint_dir,

@@ -501,8 +501,13 @@ def test_emr_plan_prints_the_requests_the_dag_would_send_without_aws():
     )
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)  # stdout is one JSON object, nothing else
-    assert set(plan) == {"run_job_flow", "steps", "estimate_usd"} and plan["estimate_usd"] is None
+    assert {"run_job_flow", "steps", "estimate_usd", "estimate_basis", "security_configuration"} <= set(plan)
+    assert plan["estimate_usd"] == pytest.approx(1.2) and "emr.default_run_hours" in plan["estimate_basis"]
     flow = plan["run_job_flow"]
+    security = plan["security_configuration"]
+    assert flow["SecurityConfiguration"] == security["Name"]
+    imds = security["SecurityConfiguration"]["InstanceMetadataServiceConfiguration"]
+    assert imds["MinimumInstanceMetadataServiceVersion"] == 2
     assert {"Key": "for-use-with-amazon-emr-managed-policies", "Value": "true"} in flow["Tags"]
     assert {"Key": "run_id", "Value": "plan"} in flow["Tags"] and flow["ServiceRole"] == "EMR_DefaultRole_V2"
     assert [emr.step_of(step["Name"]) for step in plan["steps"]] == list(STEP_NAMES)

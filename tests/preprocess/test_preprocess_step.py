@@ -182,16 +182,21 @@ def test_oov_above_threshold_is_an_error(spark, tmp_path, baseline, two_doc_corp
     assert not storage.is_complete(step_dir(config))
 
 
-def test_failed_rerun_unmarks_the_old_output(spark, tmp_path, baseline):
-    """A good run, then a failing one into the same folder: the old output is no longer complete."""
+def test_a_failed_rerun_keeps_the_last_good_output(spark, tmp_path, baseline):
+    """A good run, then a failing one into the same folder: the old output stays complete and
+    unchanged, and the failed attempt leaves nothing behind."""
     config, out, _ = baseline
     copy = tmp_path / "copy"
     shutil.copytree(out.parents[2], copy)
     bad = make_config(copy, tmp_path / "missing.txt", run_id=config.run.id)
-    assert storage.is_complete(step_dir(bad))
+    before = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
     with pytest.raises(InputError, match="corpus not found"):
         run(bad)
-    assert not storage.is_complete(step_dir(bad))
+    assert storage.is_complete(step_dir(bad))
+    after = {
+        p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file() and p.name != "_LEASE"
+    }
+    assert after == {k: v for k, v in before.items() if k.name != "_LEASE"}
 
 
 def test_nothing_is_fitted_on_the_validation_text(spark, tmp_path, small_corpus):
