@@ -38,6 +38,13 @@ GPU_REFUSED = (
 )
 # g4dn, g5, g6e, gr6, p3, p4d, p5 ...: the EC2 GPU families.
 GPU_INSTANCE_TYPE = re.compile(r"^(g|gr|p)[0-9]")
+# m6g, m7g, c6gn, r6gd ...: Graviton (aarch64). The nodes install from a wheelhouse built for
+# x86_64 (wheelhouse.py); an aarch64 node would find no wheel for it and fail in bootstrap.
+GRAVITON_INSTANCE_TYPE = re.compile(r"^[a-z]+[0-9]+g[a-z]*\.")
+GRAVITON_REFUSED = (
+    "Graviton (aarch64) nodes are not supported yet: the nodes' wheelhouse (nodes.lock) is built "
+    "for x86_64; use an x86_64 type such as m5, m6i, m7i, c5 or r5"
+)
 
 
 class _Section(BaseModel):
@@ -102,6 +109,13 @@ class EmrSettings(_Section):
     def _refuse_gpu_nodes(cls, instance_type: str | None) -> str | None:
         if instance_type and GPU_INSTANCE_TYPE.match(instance_type):
             raise ValueError(f"{instance_type} is a GPU instance type: {GPU_REFUSED}")
+        return instance_type
+
+    @field_validator("master_instance_type", "core_instance_type", "task_instance_type")
+    @classmethod
+    def _refuse_graviton_nodes(cls, instance_type: str | None) -> str | None:
+        if instance_type and GRAVITON_INSTANCE_TYPE.match(instance_type):
+            raise ValueError(f"{instance_type} is a Graviton instance type: {GRAVITON_REFUSED}")
         return instance_type
 
 

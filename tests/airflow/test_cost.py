@@ -116,6 +116,22 @@ def test_gpu_training_is_refused_at_config_load_and_at_staging():
     assert "gpu" not in args and args[args.index("--torch") + 1] == "cpu"
 
 
+def test_graviton_nodes_are_refused_at_config_load_and_at_staging():
+    """The nodes' wheelhouse is x86_64 only: an aarch64 node would fail in bootstrap, billed."""
+    raw = read_yaml(REPO / "configs" / "emr.yaml")
+    raw["emr"]["master_instance_type"] = "m7g.xlarge"
+    with pytest.raises(
+        ConfigError, match=r"^emr\.yaml: emr\.master_instance_type: m7g\.xlarge is a Graviton instance type"
+    ):
+        split_config(raw, "emr.yaml")
+    pipeline_raw, settings = load_emr_config()
+    with pytest.raises(
+        ConfigError, match=r"core_instance_type: m6g\.2xlarge is a Graviton .*x86_64"
+    ) as error:
+        stage_emr_run(pipeline_raw, settings, {"instance_type": "m6g.2xlarge"}, "manual__graviton")
+    assert "\n" not in str(error.value)
+
+
 def _cluster(emr_client, core_type: str = "m5.2xlarge") -> str:
     groups = [
         {"InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1, "Market": "ON_DEMAND"},
