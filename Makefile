@@ -21,8 +21,10 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURD
 	PYTHONPATH=$(CURDIR)/plugins
 
 # The local DAG end to end (dag.test(), no server), then the summary, the report and a sample.
+# One line per task; Airflow's and Spark's logs go to .airflow/logs/make-run/. VERBOSE=1 shows them.
+VERBOSE ?=
 run: $(STAMP)
-	$(AIRFLOW_ENV) $(BIN)/python -m launchers.run_local
+	@$(AIRFLOW_ENV) $(BIN)/python -m launchers.run_local $(if $(filter 1 yes true,$(VERBOSE)),--verbose)
 
 # The Airflow UI on http://127.0.0.1:8080 (standalone, SQLite); AIRFLOW_PORT=... to move it.
 airflow: $(STAMP)
