@@ -8,7 +8,9 @@ the fingerprints match and it is better on the same scale:
     gpt   full-split bits per character (lower wins): comparable across vocabularies
     mlp   full-split val_loss (MSE or cosine to the same frozen embedding table)
 
-Anything else is "not comparable": the reason is logged and the champion kept. The first run
+Anything else is "not comparable": the reason is logged and the champion kept (except a champion
+promoted before fingerprints existed, which nothing could ever beat: the next run replaces it,
+saying so). The first run
 with a finite loss becomes champion; promoting the same run twice changes nothing (a retried
 task is harmless). The pointer is replaced with a conditional write, so two runs finishing at
 once cannot overwrite each other's decision: the loser reads the new champion and decides again.
@@ -77,6 +79,13 @@ def decide(new: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[
         return "promoted", "first run: no champion yet"
     if champion.get("run_id") == new.get("run_id"):
         return "unchanged", "this run is already the champion"
+    if isinstance(new.get("evaluation"), Mapping) and not isinstance(champion.get("evaluation"), Mapping):
+        # A champion from before runs carried a fingerprint can never be compared again: kept,
+        # it would block every later promotion. The record keeps it as `previous`.
+        return "promoted", (
+            f"the champion {champion.get('run_id')} has no evaluation fingerprint (promoted by an "
+            "older version) and can never be compared: a fingerprinted run replaces it"
+        )
     why = not_comparable(new, champion)
     if why:
         return "not comparable", f"{why}; the champion stays"

@@ -279,9 +279,13 @@ def test_promotion_decisions():
         assert decision == "not comparable" and next(iter(other)) in reason, reason
     assert decide(_summary("m", None, "mlp", 0.01), _summary("a", 2.0))[0] == "not comparable"
     legacy = {"run_id": "old", "model_kind": "gpt", "val_loss": 3.0, "val_bits_per_char": 2.5}
-    assert decide(_summary("b", 1.0), legacy) == (
+    # a champion from before fingerprints can never be compared: the next fingerprinted run replaces it
+    decision, reason = decide(_summary("b", 3.0), legacy)
+    assert decision == "promoted" and "the champion old has no evaluation fingerprint" in reason
+    unfingerprinted = {k: v for k, v in _summary("c", 1.0).items() if k != "evaluation"}
+    assert decide(unfingerprinted, _summary("a", 2.0)) == (
         "not comparable",
-        "the champion has no evaluation fingerprint; the champion stays",
+        "the new run has no evaluation fingerprint; the champion stays",
     )
     # mlp: val_loss, and only against the same embedding table
     assert (
