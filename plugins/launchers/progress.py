@@ -7,7 +7,7 @@ redirects file descriptors 1 and 2 themselves, not sys.stdout. The task lines co
 separate channel: `TaskProgress`, a thread that polls the run's task instances in the
 metadata DB and writes to a duplicate of the original stdout.
 
-    with quiet_output(log_path) as console, TaskProgress(dag, console.out, log_path):
+    with quiet_output(log_path) as console, TaskProgress(dag, console.out):
         dag_run = dag.test()
 """
 
@@ -26,7 +26,9 @@ from typing import Any, TextIO
 
 ENDED = {"success", "failed", "skipped", "upstream_failed", "removed", "up_for_retry"}
 RAN = {"success", "failed", "up_for_retry"}  # ended states that mean the task did run
-ERROR_PREFIX = "error: "  # our steps print exactly one such line before exiting non-zero
+# Our steps print exactly one `error: <step>: …` line before exiting non-zero: find it as a raw
+# line, as a structlog message (the step's output relayed by the task) or in the exception.
+OUR_ERROR = re.compile(r"^(?:\S+ \[\w+ *\] |\w+(?:Error|Exception): .*?)?(error: .+)$")
 # What structlog appends to a message: `  [logger.name] key=value ...`
 LOG_SUFFIX = re.compile(r"\s+\[[\w.<>]+\]( \w+=.*)?$")
 
@@ -48,7 +50,9 @@ def quiet_output(log_path: Path) -> Iterator[Console]:
     sys.stderr.flush()
     saved_out, saved_err = os.dup(1), os.dup(2)
     console = Console(
-        os.fdopen(saved_out, "w", buffering=1), os.fdopen(saved_err, "w", buffering=1), log_path
+        os.fdopen(saved_out, "w", buffering=1, errors="replace"),
+        os.fdopen(saved_err, "w", buffering=1, errors="replace"),
+        log_path,
     )
     # A pipe or file gets a block-buffered sys.stdout: flush per line so the log stays in order.
     line_buffered = getattr(sys.stdout, "line_buffering", None)
@@ -89,12 +93,12 @@ class TaskProgress:
     Use as a context manager around dag.test(): the run is the first one created after entry.
     """
 
-    def __init__(self, dag: Any, out: TextIO, log_path: Path | None = None, interval_s: float = 0.5) -> None:
+    def __init__(self, dag: Any, out: TextIO, interval_s: float = 0.5) -> None:
         self.dag_id = dag.dag_id
         self.out = out
-        self.log_path = log_path
         self.interval_s = interval_s
         self.width = max((len(t) for t in dag.task_ids), default=10) + 2
+        self.order = {task_id: i for i, task_id in enumerate(dag.task_ids)}
         self.tasks: dict[str, _Task] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="task-progress", daemon=True)
@@ -124,38 +128,36 @@ class TaskProgress:
         with create_session() as session:
             return session.scalar(select(func.max(DagRun.id)).where(DagRun.dag_id == self.dag_id)) or 0
 
-    def _task_instances(self) -> list[tuple[str, int, str | None, int, float | None]]:
+    def _task_instances(self) -> list[tuple[str, str | None, int, float | None]]:
+        """(name, state, try number, seconds it ran) of the run's task instances, in running order."""
         from airflow.models.dagrun import DagRun
-        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.taskinstance import TaskInstance as TI
         from airflow.utils.session import create_session
         from sqlalchemy import select
 
         query = (
-            select(
-                TaskInstance.task_id,
-                TaskInstance.map_index,
-                TaskInstance.state,
-                TaskInstance.try_number,
-                TaskInstance.start_date,
-                TaskInstance.end_date,
-            )
-            .join(DagRun, (DagRun.dag_id == TaskInstance.dag_id) & (DagRun.run_id == TaskInstance.run_id))
+            select(TI.task_id, TI.map_index, TI.state, TI.try_number, TI.start_date, TI.end_date)
+            .join(DagRun, (DagRun.dag_id == TI.dag_id) & (DagRun.run_id == TI.run_id))
             .where(DagRun.dag_id == self.dag_id, DagRun.id > self._after_id)
-            .order_by(TaskInstance.start_date)
         )
         with create_session() as session:
             rows = session.execute(query).all()
-        result = []
-        for task_id, map_index, state, try_number, start, end in rows:
-            seconds = (end - start).total_seconds() if start and end else None
-            name = task_id if map_index < 0 else f"{task_id}[{map_index}]"
-            result.append(
-                (name, map_index, str(state.value if hasattr(state, "value") else state), try_number, seconds)
+        # Started tasks by start time, then the rest (skipped, upstream_failed) in the DAG's order.
+        rows.sort(
+            key=lambda row: (row.start_date is None, row.start_date or 0, self.order.get(row.task_id, 0))
+        )
+        return [
+            (
+                task_id if map_index < 0 else f"{task_id}[{map_index}]",
+                getattr(state, "value", state),
+                try_number,
+                (end - start).total_seconds() if start and end else None,
             )
-        return result
+            for task_id, map_index, state, try_number, start, end in rows
+        ]
 
     def poll(self) -> None:
-        for name, _, state, try_number, seconds in self._task_instances():
+        for name, state, try_number, seconds in self._task_instances():
             task = self.tasks.setdefault(name, _Task())
             if state == task.state:
                 continue
@@ -182,25 +184,22 @@ class TaskProgress:
     def failed(self) -> list[str]:
         return [name for name, task in self.tasks.items() if task.state == "failed"]
 
-    def error_lines(self, name: str, count: int = 3) -> list[str]:
-        """The failed task's last `error: ` lines in the log, else its last lines naming an error."""
-        if self.log_path is None:
-            return []
-        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        # dag.test() logs "[DAG TEST] starting task_id=X map_index=N" and "... end task task_id=X ...".
-        task_id, _, index = name.rstrip("]").partition("[")
-        marker = f"task_id={task_id} map_index={index or -1}"
-        starts = [i for i, line in enumerate(lines) if "[DAG TEST] starting" in line and marker in line]
-        lines = lines[starts[-1] if starts else 0 :]
-        ends = [i for i, line in enumerate(lines) if "[DAG TEST] end task" in line and marker in line]
-        lines = [line.strip() for line in lines[: ends[0] if ends else None] if line.strip()]
-        ours = [
-            LOG_SUFFIX.sub("", line[line.index(ERROR_PREFIX) :]) for line in lines if ERROR_PREFIX in line
-        ]
-        if ours:
-            return list(dict.fromkeys(ours))[-count:]
-        named = [line for line in lines if "Error" in line or "Exception" in line]
-        return (named or lines)[-count:]
+
+def error_lines(log: str, name: str, count: int = 3) -> list[str]:
+    """Task `name`'s last `error: ` lines in the log text, else its last lines naming an error."""
+    lines = log.splitlines()
+    # dag.test() logs "[DAG TEST] starting task_id=X map_index=N" and "... end task task_id=X ...".
+    task_id, _, index = name.rstrip("]").partition("[")
+    marker = f"task_id={task_id} map_index={index or -1}"
+    starts = [i for i, line in enumerate(lines) if "[DAG TEST] starting" in line and marker in line]
+    lines = lines[starts[-1] if starts else 0 :]
+    ends = [i for i, line in enumerate(lines) if "[DAG TEST] end task" in line and marker in line]
+    lines = [line.strip() for line in lines[: ends[0] if ends else None] if line.strip()]
+    ours = [LOG_SUFFIX.sub("", m.group(1)) for m in map(OUR_ERROR.match, lines) if m]
+    if ours:
+        return list(dict.fromkeys(ours))[-count:]
+    named = [line for line in lines if "Error" in line or "Exception" in line]
+    return (named or lines)[-count:]
 
 
 def run_dag(dag: Any, conf: dict[str, Any], console: Console) -> Any:
@@ -208,10 +207,10 @@ def run_dag(dag: Any, conf: dict[str, Any], console: Console) -> Any:
     fails, each failed task's error lines and where the full log is; returns the DagRun."""
     if console.log_path is None:
         return dag.test(run_conf=conf)
-    with TaskProgress(dag, console.out, console.log_path) as progress:
+    with TaskProgress(dag, console.out) as progress:
         dag_run = dag.test(run_conf=conf)
     for name in progress.failed():
         print(f"\n{name} failed:", file=console.err)
-        for line in progress.error_lines(name):
+        for line in error_lines(console.log_path.read_text(errors="replace"), name):
             print(f"  {line}", file=console.err)
     return dag_run

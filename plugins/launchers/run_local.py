@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with quiet_output(log_path) as console:
             code = run(args, console)
+    except KeyboardInterrupt:
+        print(f"interrupted; logs: {log_path}", file=sys.stderr)
+        return 130
     except BaseException:
         print(f"logs:    {log_path}", file=sys.stderr)
         raise

@@ -128,3 +128,27 @@ def test_make_run_passes_verbose(verbose, flag):
     command = dry.stdout.strip().splitlines()[-1]
     assert "-m launchers.run_local" in command
     assert command.endswith("--verbose") is flag
+
+
+def test_error_lines_finds_our_line_in_the_failed_tasks_part_of_the_log():
+    from launchers.progress import error_lines
+
+    log = textwrap.dedent("""\
+        2026-11-29T10:37:40.1Z [info     ] [DAG TEST] starting task_id=preprocess map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1501
+        2026-11-29T10:37:41.2Z [info     ] error: preprocess: first try [llm_decoder_airflow.tasks] loc=tasks.py:243
+        2026-11-29T10:37:42.1Z [info     ] [DAG TEST] end task task_id=preprocess map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1563
+        2026-11-29T10:37:50.1Z [info     ] [DAG TEST] starting task_id=preprocess map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1501
+        2026-11-29T10:37:51.2Z [info     ] 26/11/29 10:37:51 WARN Foo: error: not ours [llm_decoder_airflow.tasks] loc=tasks.py:243
+        2026-11-29T10:37:52.2Z [info     ] error: preprocess: corpus not found: /data/x.txt [llm_decoder_airflow.tasks] loc=tasks.py:243
+        2026-11-29T10:37:52.3Z [error    ] Task failed with exception     [task] loc=task_runner.py:1676
+            raise RuntimeError(f"{step_name} step failed (exit {process.returncode}): {reason}")
+        RuntimeError: preprocess step failed (exit 1): error: preprocess: corpus not found: /data/x.txt
+        2026-11-29T10:37:52.4Z [info     ] [DAG TEST] end task task_id=preprocess map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1563
+        2026-11-29T10:37:53.1Z [info     ] [DAG TEST] starting task_id=train map_index=-1 [airflow.sdk.definitions.dag] loc=dag.py:1501
+        2026-11-29T10:37:53.2Z [info     ] error: train: another task [llm_decoder_airflow.tasks] loc=tasks.py:243
+        """)
+    assert error_lines(log, "preprocess") == ["error: preprocess: corpus not found: /data/x.txt"]
+    # Without our line: the task's last lines that name an error.
+    assert error_lines(log.replace("error: preprocess", "gone"), "preprocess", count=1) == [
+        "RuntimeError: preprocess step failed (exit 1): gone: corpus not found: /data/x.txt"
+    ]
