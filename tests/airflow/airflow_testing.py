@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
-from launchers.emr_box.box import corpus_slice  # noqa: F401 (the runs' corpus, shared with the box)
+from launchers.emr_box.box import corpus_slice, mark_wheelhouse_staged  # noqa: F401 (shared with the box)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

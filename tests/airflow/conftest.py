@@ -35,6 +35,7 @@ from airflow_testing import (  # noqa: E402
     EmrHarness,
     corpus_slice,
     fresh_dag,
+    mark_wheelhouse_staged,
     step_base_name,
 )
 
@@ -129,6 +130,7 @@ def s3(moto_endpoint):
     client = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)
     client.create_bucket(Bucket=BUCKET)
     client.put_object(Bucket=BUCKET, Key=CORPUS_KEY, Body=corpus_slice().encode())
+    mark_wheelhouse_staged(client, BUCKET, PREFIX)
     return client
 
 

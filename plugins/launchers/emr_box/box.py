@@ -98,6 +98,18 @@ class DagRunResult:
     wall_s: float
 
 
+def mark_wheelhouse_staged(s3: Any, bucket: str, prefix: str) -> None:
+    """Mark the nodes' wheelhouse of the current lock as staged, as an earlier run leaves it, so
+    `stage` reuses it instead of uploading ~310 MB (or asking for `make wheelhouse`): the box's
+    nodes run this venv, not the bootstrap action (tests/emr_box/test_offline_bootstrap.py
+    installs from a real wheelhouse)."""
+    from llm_decoder_airflow import wheelhouse
+    from llm_decoder_airflow.files import split_s3
+
+    wheel_bucket, key = split_s3(wheelhouse.manifest_uri(f"s3://{bucket}/{prefix}"))
+    s3.put_object(Bucket=wheel_bucket, Key=key, Body=b"{}")
+
+
 class EmrBox:
     def __init__(self, base_dir: Path, workers: int = 2) -> None:
         self.base_dir = base_dir
@@ -138,6 +150,7 @@ class EmrBox:
             aws_secret_access_key=SECRET,
         )  # fmt: skip
         self.s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+        mark_wheelhouse_staged(self.s3, BUCKET, PREFIX)
         # Airflow reaches AWS through a proxy that a test can cut (an API outage).
         self.proxy = self._stack.enter_context(OutageProxy(port))
         self.mount = self.base_dir / "emrfs" / BUCKET
