@@ -21,8 +21,8 @@ its own run id. Prints one JSON object on stdout (progress goes to stderr):
   second `window` on the same run id must exit non-zero within `REFUSE_WITHIN_S` with a one-line
   error naming the holder (its pid), and leave the first one running.
 
-Not part of `make test`: a full run takes about 15 minutes on 2 cores (`--quick`: 1 trial each
-and no Spark-starting bad inputs, about 6).
+Not part of `make test`: a full run takes about 17 minutes on a loaded 2-core machine (`--quick`,
+1 trial of each kind and every bad input: about 11); `--sections` runs a subset.
 """
 
 from __future__ import annotations
@@ -90,9 +90,9 @@ def say(*parts: object) -> None:
 
 
 def cli(
-    step: str, config: Path | str, sets: list[str], env: dict, timeout: float = 600, extra=()
+    step: str, config: Path, sets: list[str], env: dict, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    args = [CLI, step, "--config", str(config), *extra]
+    args = [CLI, step, "--config", str(config)]
     for item in sets:
         args += ["--set", item]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
@@ -315,7 +315,6 @@ class Case:
     culprits: tuple[str, ...]  # each must appear in the last stderr line
     run: Path | None = None  # the run folder where nothing may become complete
     config: Path | None = None  # instead of the tiny run's config
-    slow: bool = False  # starts Spark (skipped by --quick)
 
 
 GOOD_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 20
@@ -547,7 +546,7 @@ def bad_cases(bench: Bench) -> dict[str, Callable[[Path], Case]]:
         shutil.rmtree(run / "window")
         part = sorted((run / "preprocess" / "tokens").glob("*.parquet"))[-1]
         _truncate(part)
-        return Case("window", sets, (str(part),), run, slow=True)
+        return Case("window", sets, (str(part),), run)
 
     # -- train -----------------------------------------------------------------------------
     @case
@@ -707,16 +706,14 @@ def successes(run: Path | None) -> dict[str, int]:
     return {str(p): p.stat().st_mtime_ns for p in run.rglob(storage.SUCCESS_MARKER)}
 
 
-def bad_inputs(bench: Bench, quick: bool) -> dict:
+def bad_inputs(bench: Bench) -> dict:
     began = time.perf_counter()
-    results, unclean, skipped = [], [], []
+    results, unclean = [], []
     for name, setup in bad_cases(bench).items():
         folder = bench.scratch / "bad" / name
+        shutil.rmtree(folder, ignore_errors=True)  # an earlier --keep run's
         folder.mkdir(parents=True)
         c = setup(folder)
-        if quick and c.slow:
-            skipped.append(name)
-            continue
         before = successes(c.run)
         started = time.perf_counter()
         try:
@@ -749,7 +746,6 @@ def bad_inputs(bench: Bench, quick: bool) -> dict:
         "bad_inputs_total": len(results),
         "bad_inputs_clean": len(results) - len(unclean),
         "unclean": unclean,
-        "skipped_slow": skipped,
         "wall_s": round(time.perf_counter() - began, 1),
         "cases": results,
     }
@@ -820,7 +816,7 @@ def main() -> None:
     )
     parser.add_argument("--writer-trials", type=int, default=3, help="second-writer trials")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="1 trial each, no Spark-starting bad inputs")
+    parser.add_argument("--quick", action="store_true", help="1 trial of each kind (a smoke run)")
     parser.add_argument("--sections", default="kill_local,kill_s3,bad_inputs,second_writer",
                         help="comma-separated subset to run")  # fmt: skip
     parser.add_argument("--keep", type=Path, help="work here and keep the files (default: a temp dir)")
@@ -869,7 +865,7 @@ def main() -> None:
         if "kill_s3" in sections:
             out["kill_resume_s3"] = kill_and_resume(bench, S3Run, "s3", args.s3_trials, args.seed)
         if "bad_inputs" in sections:
-            out["bad_inputs"] = bad_inputs(bench, args.quick)
+            out["bad_inputs"] = bad_inputs(bench)
         if "second_writer" in sections:
             out["second_writer"] = second_writer(bench, args.writer_trials)
     finally:
