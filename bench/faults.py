@@ -7,8 +7,8 @@ Tiny Shakespeare; a 1-layer gpt of width 32 on 16-token windows) and copies it p
 its own run id. Prints one JSON object on stdout (progress goes to stderr):
 
 - `kill_resume_local`: `--trials` seeded trials of SIGKILL on `llm-decoder train` at a random
-  point (a random time, while a checkpoint is being written, or just after one is complete),
-  then the same command again, which resumes from the newest valid checkpoint. `resumed_exact`:
+  point (a random time, while a checkpoint is being written, just after one is complete, or
+  while the trained model is committed to train/), then the same command again, which resumes from the newest valid checkpoint. `resumed_exact`:
   the final model.safetensors equals, tensor for tensor (torch.equal), that of an uninterrupted
   run of the same config; `corrupt_checkpoints`: checkpoints marked complete after the kill
   that `load_checkpoint` refuses (a half-written one marked complete; must be 0).
