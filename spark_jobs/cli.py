@@ -62,8 +62,8 @@ def _run_step(
         cfg = _load(config, overrides, step)
         if note:
             log.info("%s", note)
-        run = _step_function(step)
         with run_lease(run_dir(cfg.run.root, cfg.run.id), step):  # one writer per run
+            run = _step_function(step)  # after the lease: a refused second writer waits for no import
             if step == "train" and sys.stderr.isatty():
                 return _with_progress_bar(lambda: run(cfg, **kwargs))
             return run(cfg, **kwargs)

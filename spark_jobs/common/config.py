@@ -273,6 +273,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _one_line(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message (with a caret drawing) as: problem at line L, column C."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(exc, "context", None)
+    return f"{problem}{where}" + (f" ({context})" if context else "")
+
+
 def parse_yaml_mapping(data: bytes, source: str) -> dict[str, Any]:
     """A config file's bytes as a dict of sections; one-line errors naming `source`."""
     try:
@@ -284,7 +295,7 @@ def parse_yaml_mapping(data: bytes, source: str) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{source}: not valid YAML: {_one_line(exc)}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -124,7 +124,10 @@ def run_lease(run_uri: str, step: str) -> Iterator[None]:
     if storage.is_s3(uri):
         _take_s3(uri, _record(owner, step, taken))
     else:
-        _take_local(uri, _record(owner, step, taken))
+        try:
+            _take_local(uri, _record(owner, step, taken))
+        except OSError as exc:  # e.g. run.root is a file, or not writable
+            raise InputError(f"cannot take the lease {uri}: {exc.strerror or exc}") from None
 
     stop = threading.Event()
 

@@ -100,6 +100,11 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
                 f"{storage.join(window_dir, split)}: its Parquet files hold {found} windows but the "
                 f"window step recorded {recorded} in {distribution_uri}; re-run the window step"
             )
+    if num_val == 0:
+        raise InputError(
+            f"{storage.join(window_dir, 'val')}: no validation windows to score (the window step "
+            "recorded 0); give the corpus more text or raise training.valid_split, then re-run window"
+        )
     cfg = config.training
     if cfg.strategy != "single":
         if cfg.num_workers > num_train:

@@ -215,7 +215,7 @@ def test_a_non_finite_validation_loss_stops_the_run_with_a_reason(new_run, tiny_
     _assert_nothing_committed(root, run_id)
 
 
-def test_no_validation_windows_is_a_reason_not_a_nan(new_run, tiny_config):
+def test_no_validation_windows_is_refused_naming_the_folder(new_run, tiny_config):
     root, run_id = new_run()
     window = root / "runs" / run_id / "window"
     for part in (window / "val").glob("*.parquet"):
@@ -224,10 +224,7 @@ def test_no_validation_windows_is_a_reason_not_a_nan(new_run, tiny_config):
     distribution = json.loads((window / "data_distribution.json").read_text())
     distribution["val"]["windows"] = 0
     (window / "data_distribution.json").write_text(json.dumps(distribution))
-    with pytest.raises(
-        TrainingError,
-        match=r"^val_loss is nan at step 0: no validation windows to score; last good checkpoint: none$",
-    ):
+    with pytest.raises(InputError, match=r"window/val: no validation windows to score .*re-run window$"):
         train.run(tiny_config(root, run_id))
 
 

@@ -132,3 +132,13 @@ def test_a_directory_or_a_non_utf8_file_is_a_one_line_error(tmp_path, loader):
         ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 14: invalid continuation byte\)"
     ):
         _loaders()[loader](latin)
+
+
+def test_invalid_yaml_is_one_line_with_its_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model: {kind: gpt\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+    assert str(error.value).startswith(f"{path}: not valid YAML: expected ',' or '}}'")
+    assert "at line 2, column 1 (while parsing a flow mapping)" in str(error.value)

@@ -26,6 +26,13 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert not (Path(run) / LEASE_FILE).exists()  # given back
 
 
+def test_a_run_root_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "root").write_text("not a folder")
+    with pytest.raises(InputError, match=r"cannot take the lease .*root/runs/r1/_LEASE: Not a directory$"):
+        with run_lease(str(tmp_path / "root" / "runs" / "r1"), "train"):
+            pass
+
+
 def test_the_lease_is_given_back_when_the_step_fails(tmp_path):
     run = str(tmp_path / "r")
     with pytest.raises(RuntimeError), run_lease(run, "train"):
