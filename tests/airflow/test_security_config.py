@@ -115,7 +115,8 @@ def test_created_meanwhile_by_another_run_is_reused(moto_endpoint, emr_client, m
 
 def test_a_named_configuration_is_used_as_it_is_and_must_exist(moto_endpoint, emr_client):
     own = f"team-{uuid.uuid4().hex[:8]}"
-    settings = EmrSettings(region=REGION, security_configuration=own)
+    # unique key settings: the configuration the DAG would make for them exists in no other test
+    settings = unique_settings(security_configuration=own)
     with pytest.raises(ConfigError) as info:
         security.ensure_security_configuration(settings, "aws_default")
     assert str(info.value).startswith(f"EMR security configuration '{own}' does not exist in {REGION} (")
