@@ -57,9 +57,13 @@ lock: $(STAMP)
 wheelhouse: $(STAMP)
 	PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m llm_decoder_airflow.wheelhouse build
 
+# Two pytest workers (pytest-xdist): much of the suite waits on JVMs, moto and Airflow, not on
+# the cores. Tests that share a session fixture stay on one worker (xdist_group). TEST_WORKERS=0
+# runs them in this process, one after another.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,7 +22,8 @@ from launchers.emr_box.steps import REWRITTEN
 
 from spark_jobs.common.pipeline import STEP_NAMES
 
-pytestmark = pytest.mark.timeout(900)
+# One xdist worker runs every box test: they share one session-scoped box.
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("emr_box")]
 
 
 def steps_of(box, cluster_id: str) -> dict[str, dict]:
