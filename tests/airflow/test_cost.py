@@ -7,7 +7,7 @@ import json
 from datetime import timedelta
 
 import pytest
-from airflow_testing import BUCKET, REGION, REPO
+from airflow_testing import BUCKET, REGION, REPO, mark_wheelhouse_staged
 from llm_decoder_airflow import cost, emr
 from llm_decoder_airflow.collect import collect_run
 from llm_decoder_airflow.files import FileStore
@@ -214,6 +214,7 @@ def test_stage_logs_the_estimate_from_the_earlier_runs(s3, caplog):
     raw, settings = load_emr_config()
     params = {name: param.value for name, param in emr_params(raw, settings.emr).items()}
     params["prefix"] = "cost-staging"  # a root of its own: its earlier runs are these two
+    mark_wheelhouse_staged(s3, BUCKET, "cost-staging")
     for run_id, hours in [("a", 1.0), ("b", 3.0)]:
         body = json.dumps({"cluster_hours": hours}).encode()
         s3.put_object(Bucket=BUCKET, Key=f"cost-staging/runs/{run_id}/summary.json", Body=body)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 from airflow_testing import BUCKET, REGION
-from llm_decoder_airflow import emr, security
+from llm_decoder_airflow import emr, security, wheelhouse
 from llm_decoder_airflow.files import FileStore
 from llm_decoder_airflow.params import emr_params
 from llm_decoder_airflow.settings import EmrSettings, load_emr_config, split_config
@@ -178,6 +178,8 @@ def test_every_write_path_carries_the_configured_sse(moto_endpoint, s3, kms_key)
     )
     files = FileStore("aws_default", REGION, kms_key)
     root = f"sse-writes/{kms_key is not None}"
+    # the nodes' wheelhouse as an earlier staging left it (through FileStore: encrypted too)
+    files.write_text(wheelhouse.manifest_uri(f"s3://{BUCKET}/{root}/code"), "{}")
     stage_code(files, f"s3://{BUCKET}/{root}/code", "run: {}\n")  # staging (S3Hook.load_bytes)
     files.write_text(f"s3://{BUCKET}/{root}/summary.json", "{}")  # collect
     assert files.write_if_version(f"s3://{BUCKET}/{root}/champion.json", "{}", None)  # promote
