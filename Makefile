@@ -58,12 +58,12 @@ wheelhouse: $(STAMP)
 	PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m llm_decoder_airflow.wheelhouse build
 
 # Two pytest workers (pytest-xdist): much of the suite waits on JVMs, moto and Airflow, not on
-# the cores. Tests that share a session fixture stay on one worker (xdist_group). TEST_WORKERS=0
-# runs them in this process, one after another.
+# the cores. Each worker is its own session (its own Airflow DB, scratch dir and session
+# fixtures). TEST_WORKERS=0 runs everything in this process, one test after another.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,8 +15,7 @@ from conftest import task_states
 from spark_jobs.common.pipeline import STEPS
 from spark_jobs.reporting.summary import HEADLINE_KEYS
 
-# One xdist worker runs every user of the session's local DAG run (conftest.local_run): run once.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("local_run")]
+pytestmark = pytest.mark.timeout(600)
 
 
 def test_local_dag_trains_and_reports(local_run):

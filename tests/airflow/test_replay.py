@@ -24,8 +24,7 @@ from test_emr_dag import all_cluster_ids, clusters_of_run, run_emr_dag
 
 from spark_jobs.common.pipeline import STEP_NAMES
 
-# One xdist worker runs every user of the session's local DAG run (conftest.local_run): run once.
-pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("local_run")]
+pytestmark = pytest.mark.timeout(600)
 REPLAYED = ("preprocess", "window")
 
 

@@ -22,8 +22,7 @@ from launchers.emr_box.steps import REWRITTEN
 
 from spark_jobs.common.pipeline import STEP_NAMES
 
-# One xdist worker runs every box test: they share one session-scoped box.
-pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("emr_box")]
+pytestmark = pytest.mark.timeout(900)
 
 
 def steps_of(box, cluster_id: str) -> dict[str, dict]:
