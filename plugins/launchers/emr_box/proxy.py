@@ -3,6 +3,10 @@
 `outage(seconds)` closes the listening socket and drops open connections, so Airflow's calls
 get "connection refused", then listens again on the same port: an EMR API outage as Airflow
 sees it, while the cluster (the step runner and the nodes' S3 traffic) carries on.
+
+During the outage the port stays bound, not listening: the kernel refuses connections to it,
+and no other process (a parallel test's server, an outgoing connection's ephemeral port) can
+take it, which would answer Airflow's calls in the proxy's place.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ class OutageProxy:
         self.target_port = target_port
         self.port = 0
         self._listener: socket.socket | None = None
+        self._reserved: socket.socket | None = None  # the port, bound but not listening
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -32,15 +37,22 @@ class OutageProxy:
     def __exit__(self, *exc: object) -> None:
         self._closed.set()
         self._go_dark()
+        if self._reserved is not None:
+            self._reserved.close()
 
     def _listen(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener = self._reserved or self._bind()
+        self._reserved = None
         listener.listen(64)
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _bind(self) -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        return sock
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -92,6 +104,8 @@ class OutageProxy:
                 sock.close()
             except OSError:
                 pass
+        if not self._closed.is_set() and self._reserved is None:
+            self._reserved = self._bind()
 
     def outage(self, seconds: float) -> None:
         """Refuse every connection for `seconds` (blocks), then serve again on the same port."""
