@@ -80,6 +80,11 @@ class ModelConfig(_Section):
     # predicted embedding against the whole frozen table (dot products) with cross-entropy.
     mlp_loss: Literal["mse", "cosine", "softmax"] = "mse"
 
+    @property
+    def uses_embeddings(self) -> bool:
+        """Whether the model reads the preprocess step's embedding table (else none is made)."""
+        return self.kind == "mlp" or self.init_from_embeddings
+
     @model_validator(mode="after")
     def _heads_divide_embedding(self) -> ModelConfig:
         if self.kind == "gpt" and self.embedding_size % self.num_heads != 0:

@@ -5,7 +5,8 @@
 
 Writes `<root>/runs/<run_id>/preprocess/` (see docs/architecture.md): tokenizer.json,
 tokens/ (doc_id int32, seq int64, ids array<int32>), documents.json, token_counts.csv,
-embeddings.safetensors, embeddings.txt, stats.json. The inputs (corpus, tokenizer file,
+stats.json, and embeddings.safetensors + embeddings.txt when the model uses embeddings (mlp,
+or gpt with model.init_from_embeddings) or data.embeddings_path gives them. The inputs (corpus, tokenizer file,
 embeddings file) are validated before Spark starts; the output is marked complete
 (`_SUCCESS`) only when everything is written.
 """
@@ -33,6 +34,9 @@ from spark_jobs.steps.entrypoint import run_step_main
 log = logging.getLogger("spark_jobs.steps.preprocess")
 
 STEP = "preprocess"
+EMBEDDINGS_FILE = "embeddings.safetensors"
+# stats.json's embeddings_source when the model needs none (gpt without init_from_embeddings)
+NO_EMBEDDINGS = "none"
 
 
 def segment_table(
@@ -90,7 +94,8 @@ def encode_on_spark(spark, segments: pd.DataFrame, tokenizer_json: str, num_part
 
 
 def token_counts_csv(counts: np.ndarray, id_to_token: list[str], has_vector: np.ndarray) -> str:
-    """id, token, count (whole corpus), has_vector (1: a vector learnt or given; 0: seeded random)."""
+    """id, token, count (whole corpus), has_vector (1: a vector learnt or given; 0: seeded random,
+    or no embeddings made)."""
     order = sorted(range(len(counts)), key=lambda i: (-int(counts[i]), i))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -233,12 +238,17 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
         )
         total_tokens = int(counts.sum())
 
-        train_tokens_df = training_rows(spark, tokens_df, val_first_segment)
-        matrix, known, rate, source = build_embeddings(
-            config, user_vectors, train_tokens_df, counts, id_to_token
-        )
-        storage.write_bytes(storage.join(out, "embeddings.safetensors"), emb.to_safetensors(matrix))
-        storage.write_text(storage.join(out, "embeddings.txt"), emb.to_word2vec_text(matrix, id_to_token))
+        if config.model.uses_embeddings or user_vectors is not None:
+            train_tokens_df = training_rows(spark, tokens_df, val_first_segment)
+            matrix, known, rate, source = build_embeddings(
+                config, user_vectors, train_tokens_df, counts, id_to_token
+            )
+            storage.write_bytes(storage.join(out, EMBEDDINGS_FILE), emb.to_safetensors(matrix))
+            storage.write_text(storage.join(out, "embeddings.txt"), emb.to_word2vec_text(matrix, id_to_token))
+        else:
+            # Word2Vec is most of this step's time and model.kind=gpt never reads its output.
+            known, rate, source = np.zeros(vocab_size, dtype=bool), None, NO_EMBEDDINGS
+            log.info("no embeddings: model.kind=%s does not use them", config.model.kind)
         storage.write_text(
             storage.join(out, "token_counts.csv"), token_counts_csv(counts, id_to_token, known)
         )

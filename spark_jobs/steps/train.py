@@ -86,8 +86,14 @@ def resolve_inputs(config: PipelineConfig) -> TrainInputs:
     vocab_size = load_tokenizer(tokenizer_uri, PREPROCESS_HINT).get_vocab_size()
 
     embeddings = None
-    if config.model.kind == "mlp" or config.model.init_from_embeddings:
+    if config.model.uses_embeddings:
         embeddings_uri = storage.join(preprocess_dir, "embeddings.safetensors")
+        if not storage.exists(embeddings_uri):
+            raise InputError(
+                f"{embeddings_uri} not found: model.kind={config.model.kind} needs the preprocess "
+                "step's embeddings, which it makes only for a model that uses them; re-run "
+                "preprocess with this config"
+            )
         embeddings = torch.from_numpy(read_table(embeddings_uri, config.model.embedding_size))
 
     num_train = int(distribution.get("train", {}).get("windows", 0))

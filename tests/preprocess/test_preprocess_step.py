@@ -98,6 +98,19 @@ def test_embeddings_are_aligned_to_token_ids(baseline):
     assert 0 < stats["tokens_with_vector"] <= stats["vocab_size"]
 
 
+def test_a_gpt_gets_no_word2vec(spark, tmp_path, baseline, two_doc_corpus):
+    """Word2Vec runs only for a model that reads embeddings; the rest of the output is the same."""
+    _, mlp_out, mlp_stats = baseline
+    config = make_config(tmp_path, two_doc_corpus, run_id="gpt")
+    stats = run(config)
+    out = Path(step_dir(config))
+    assert stats["embeddings_source"] == "none" and stats["tokens_with_vector"] == 0
+    assert not (out / "embeddings.safetensors").exists() and not (out / "embeddings.txt").exists()
+    assert read_tokens(out).equals(read_tokens(mlp_out))
+    assert (out / "tokenizer.json").read_bytes() == (mlp_out / "tokenizer.json").read_bytes()
+    assert stats["tokens"] == mlp_stats["tokens"]
+
+
 def test_same_seed_same_outputs_and_rerun_replaces(baseline):
     """A second run into the same folder: identical outputs, old leftovers gone."""
     config, out, _ = baseline
@@ -210,7 +223,7 @@ def test_nothing_is_fitted_on_the_validation_text(spark, tmp_path, small_corpus)
     tail = "".join(f"{planted_word} {planted_word} {planted_char}{planted_char}\n" for _ in range(120))
     corpus = tmp_path / "planted.txt"
     corpus.write_text(text + tail, encoding="utf-8")
-    config = make_config(tmp_path, corpus, run_id="planted", vocab_size=2000)
+    config = make_config(tmp_path, corpus, run_id="planted", kind="mlp", vocab_size=2000)
     run(config)
     out = Path(step_dir(config))
 

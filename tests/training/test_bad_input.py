@@ -245,3 +245,13 @@ def test_ddp_needs_a_validation_window_for_every_rank(new_run, tiny_config):
     ):
         train.run(tiny_config(root, run_id, "training.strategy=ddp", "training.num_workers=2"))
     _assert_nothing_committed(root, run_id)
+
+
+def test_an_mlp_on_a_preprocess_output_without_embeddings_is_one_line(new_run, tiny_config):
+    """preprocess makes embeddings only for a model that uses them (a gpt's run has none)."""
+    root, run_id = new_run()
+    path = root / "runs" / run_id / "preprocess" / "embeddings.safetensors"
+    path.unlink()
+    with pytest.raises(InputError, match=rf"^{path} not found: model.kind=mlp needs .*re-run preprocess"):
+        train.run(tiny_config(root, run_id, "model.kind=mlp"))
+    _assert_nothing_committed(root, run_id)
