@@ -155,8 +155,9 @@ class DataConfig(_Section):
     # A tokenizer.json to use instead of training one.
     tokenizer_path: str | None = None
     vocab_size: int = Field(2048, gt=0)
-    # Train the tokenizer on at most this many characters of the corpus (None: all of it).
-    tokenizer_sample_chars: int | None = Field(None, gt=0)
+    # Train the tokenizer on at most this many characters of the training text, evenly spaced
+    # blocks of whole lines when there is more (None: all of it, however large).
+    tokenizer_sample_chars: int | None = Field(20_000_000, gt=0)
     # The previous phase's embeddings (word2vec text or CSV); None trains them with Word2Vec.
     embeddings_path: str | None = None
     max_oov_rate: float = Field(0.05, ge=0, le=1)

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Documents are cut into segments of at most this many characters, at line ends where
 # possible; one segment is one row of tokens/ (and one encode call inside Spark).
 SEGMENT_CHARS = 8192
+# A tokenizer sample is made of blocks of about this many characters (whole lines).
+SAMPLE_BLOCK_CHARS = 65_536
 
 
 @dataclass(frozen=True)
@@ -117,17 +119,38 @@ def segments(text: str, max_chars: int = SEGMENT_CHARS) -> list[str]:
 
 
 def sample_text(documents: list[Document], max_chars: int | None) -> list[str]:
-    """The tokenizer's training text: all documents, or the first `max_chars` characters."""
+    """The tokenizer's training text: all of it if it fits in `max_chars`, else evenly spaced
+    blocks of whole lines from across all documents, `max_chars` in all.
+
+    Deterministic (the same corpus gives the same sample) and spread out: a corpus of many
+    files is not learnt from its first files only.
+    """
+    total = sum(len(doc.text) for doc in documents)
+    if max_chars is None or total <= max_chars:
+        return [piece for doc in documents for piece in segments(doc.text)]
+    blocks = max(1, max_chars // SAMPLE_BLOCK_CHARS)
+    block = max_chars // blocks
     out: list[str] = []
-    left = max_chars
-    for doc in documents:
-        text = doc.text if left is None else doc.text[:left]
-        out.extend(segments(text))
-        if left is not None:
-            left -= len(text)
-            if left <= 0:
-                break
-    return out
+    doc_index, doc_start = 0, 0  # the document holding position `start` of the concatenation
+    for i in range(blocks):
+        start = i * total // blocks
+        while start >= doc_start + len(documents[doc_index].text):
+            doc_start += len(documents[doc_index].text)
+            doc_index += 1
+        out.extend(segments(_whole_lines(documents[doc_index].text, start - doc_start, block)))
+    return [piece for piece in out if piece]
+
+
+def _whole_lines(text: str, start: int, size: int) -> str:
+    """Up to `size` characters of `text` from the first line start at or after `start`, cut
+    after the last complete line (a single line longer than `size` is cut where it must be)."""
+    if start > 0 and text[start - 1] != "\n":
+        start = text.find("\n", start) + 1 or len(text)
+    piece = text[start : start + size]
+    if start + size < len(text):
+        cut = piece.rfind("\n")
+        piece = piece[: cut + 1] if cut >= 0 else piece
+    return piece
 
 
 def train_text_ends(

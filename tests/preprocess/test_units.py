@@ -96,3 +96,29 @@ def test_token_counts_csv_sorted_by_count_then_id():
         "3,d,5,1",
         '1,",",0,0',
     ]
+
+
+def test_the_tokenizer_sample_is_bounded_spread_deterministic_and_whole_lines():
+    docs = [
+        corpus.Document(i, f"d{i}.txt", "".join(f"doc {i} line {n}\n" for n in range(20_000)))
+        for i in range(3)
+    ]
+    everything = corpus.sample_text(docs, None)
+    assert "".join(everything) == "".join(d.text for d in docs)
+    assert corpus.sample_text(docs, 10**9) == everything  # it fits: all of it
+
+    limit = 300_000  # about a third of the text: blocks from every document
+    sample = corpus.sample_text(docs, limit)
+    assert sample == corpus.sample_text(docs, limit)
+    text = "".join(sample)
+    assert 0.9 * limit < len(text) <= limit
+    lines = text.splitlines(keepends=True)
+    assert all(line.startswith("doc ") and line.endswith("\n") for line in lines)  # no cut line
+    assert {line.split()[1] for line in lines} == {"0", "1", "2"}
+    assert all(piece in docs[0].text or piece in docs[1].text or piece in docs[2].text for piece in sample)
+
+
+def test_a_line_longer_than_a_sample_block_is_cut_not_lost():
+    docs = [corpus.Document(0, "long.txt", "x" * (3 * corpus.SAMPLE_BLOCK_CHARS))]
+    sample = "".join(corpus.sample_text(docs, corpus.SAMPLE_BLOCK_CHARS))
+    assert sample == "x" * corpus.SAMPLE_BLOCK_CHARS
