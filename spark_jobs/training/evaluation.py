@@ -3,9 +3,10 @@
 Two kinds of evaluation:
 - sampled, during training: the same `eval_batches` x `batch_size` windows every time, so the
   curve is comparable from point to point (labelled "sampled" wherever it is shown);
-- full-split, once at the end: every validation target scored exactly once (`score_full_split`),
-  and bits per character over the characters those targets decode to. These are the run's
-  figures in summary.json, whatever the strategy.
+- full-split, once at the end: every token of the validation text scored exactly once
+  (`scoring_windows`, `score_full_split`), whatever the window step's stride, and bits per
+  character over the characters those targets decode to. These are the run's figures in
+  summary.json, whatever the strategy.
 """
 
 from __future__ import annotations
@@ -87,6 +88,36 @@ def first_scores(doc_ids: np.ndarray, starts: np.ndarray, offsets: range) -> np.
     new_doc = np.concatenate([[True], doc_ids[1:] != doc_ids[:-1]])
     previous_last[new_doc] = np.iinfo(np.int64).min
     return targets > previous_last[:, None]
+
+
+def scoring_windows(
+    ranges: list[np.ndarray], window_size: int, offsets: range
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Windows that score every token of each validation range once: (windows int64 [N, W+1],
+    range index [N], start within the range [N]); `first_scores` then masks the overlap.
+
+    Windows step by the number of targets a window scores (W for the gpt, 1 for the mlp),
+    and one more window ends exactly at the range's end, so the last tokens are scored too.
+    A token without `offsets.start` tokens of context before it in its range (the first
+    token; the mlp's first W) cannot be predicted; a range shorter than a window is not
+    scored (the window step gives it no window either).
+    """
+    width, step = window_size + 1, len(offsets)
+    windows, which, starts = [], [], []
+    for index, tokens in enumerate(ranges):
+        if len(tokens) < width:
+            continue
+        last = len(tokens) - width
+        mine = np.arange(0, last + 1, step, dtype=np.int64)
+        if mine[-1] != last:
+            mine = np.append(mine, last)
+        view = np.lib.stride_tricks.sliding_window_view(tokens, width)
+        windows.append(view[mine].astype(np.int64))
+        which.append(np.full(len(mine), index, dtype=np.int64))
+        starts.append(mine)
+    if not windows:
+        return torch.empty((0, width), dtype=torch.int64), np.array([], np.int64), np.array([], np.int64)
+    return torch.from_numpy(np.concatenate(windows)), np.concatenate(which), np.concatenate(starts)
 
 
 def scored_target_ids(

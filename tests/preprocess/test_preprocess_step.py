@@ -242,3 +242,26 @@ def test_nothing_is_fitted_on_the_validation_text(spark, tmp_path, small_corpus)
         assert int(rows[token_id]["count"]) >= 120  # in the corpus (the validation tail) ...
         assert rows[token_id]["has_vector"] == "0"  # ... but Word2Vec never saw it
     assert sum(row["has_vector"] == "1" for row in rows.values()) > 50
+
+
+def test_validation_ranges_decode_to_the_validation_text(baseline):
+    """What the full-split figures score: the validation text of each document, exactly."""
+    from spark_jobs.data.validation_text import validation_ranges
+
+    _, out, _ = baseline
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    split = json.loads((out / "split.json").read_text())
+    ranges = validation_ranges(str(out), "document")
+    decoded = [tokenizer.decode(r.tolist(), skip_special_tokens=False) for r in ranges]
+    assert sum(map(len, decoded)) == split["chars"]["val"]
+    table = read_tokens(out)
+    docs = doc_ids(table)
+    segments = {doc: table["doc_id"].to_pylist().count(doc) for doc in docs}
+    with_val = [doc for doc in sorted(docs) if split["val_first_segment"][str(doc)] < segments[doc]]
+    assert with_val == [0]  # the second document is too short to have validation text
+    for doc, text in zip(with_val, decoded, strict=True):
+        full = tokenizer.decode(docs[doc], skip_special_tokens=False)
+        assert text and full.endswith(text) and len(text) < len(full)
+    # split by stream: one range, from the first validation token to the end of the stream
+    [stream] = validation_ranges(str(out), "stream")
+    assert stream.tolist() == ranges[0].tolist() + docs[1]
