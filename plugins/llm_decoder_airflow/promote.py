@@ -9,8 +9,8 @@ the fingerprints match and it is better on the same scale:
     mlp   full-split val_loss (MSE or cosine to the same frozen embedding table)
 
 Anything else is "not comparable": the reason is logged and the champion kept (except a champion
-promoted before fingerprints existed, which nothing could ever beat: the next run replaces it,
-saying so). The first run
+promoted before fingerprints existed, or evaluated by an older version of the figures
+(`evaluation.version`), which nothing could ever beat: the next run replaces it, saying so). The first run
 with a finite loss becomes champion; promoting the same run twice changes nothing (a retried
 task is harmless). The pointer is replaced with a conditional write, so two runs finishing at
 once cannot overwrite each other's decision: the loser reads the new champion and decides again.
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # What must be equal for two runs' validation figures to be comparable.
 FINGERPRINT_KEYS = (
+    "version",
     "corpus_sha256",
     "split_by",
     "valid_split",
@@ -70,6 +71,20 @@ def not_comparable(new: Mapping[str, Any], champion: Mapping[str, Any]) -> str |
     return None
 
 
+def _older_evaluation(new: Mapping[str, Any], champion: Mapping[str, Any]) -> str | None:
+    """Why the champion's figures were measured by an older evaluation than the new run's, or None."""
+    new_fp, old_fp = new.get("evaluation"), champion.get("evaluation")
+    if not isinstance(new_fp, Mapping) or not isinstance(old_fp, Mapping):
+        return None
+    new_version, old_version = new_fp.get("version", 1), old_fp.get("version", 1)
+    if not (isinstance(new_version, int) and isinstance(old_version, int)) or old_version >= new_version:
+        return None
+    return (
+        f"the champion {champion.get('run_id')} was evaluated by an older version (evaluation "
+        f"version {old_version}, now {new_version}) and can never be compared: this run replaces it"
+    )
+
+
 def decide(new: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[str, str]:
     """(decision, reason): decision is promoted, kept, not comparable, unchanged or skipped."""
     metric = _metric(new)
@@ -86,6 +101,11 @@ def decide(new: Mapping[str, Any], champion: Mapping[str, Any] | None) -> tuple[
             f"the champion {champion.get('run_id')} has no evaluation fingerprint (promoted by an "
             "older version) and can never be compared: a fingerprinted run replaces it"
         )
+    older = _older_evaluation(new, champion)
+    if older:
+        # Figures from an older evaluation can never be compared again: kept, such a champion
+        # would block every later promotion (scheduled retraining would stall for good).
+        return "promoted", older
     why = not_comparable(new, champion)
     if why:
         return "not comparable", f"{why}; the champion stays"

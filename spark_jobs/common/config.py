@@ -152,6 +152,9 @@ class DataConfig(_Section):
     # A file, a directory or a glob; local path or s3:// URI.
     corpus_path: str = "data/tinyshakespeare.txt"
     on_decode_error: Literal["strict", "replace"] = "strict"
+    # The executors read the corpus in blocks of about this many bytes (whole lines each);
+    # a smaller file is one block.
+    read_block_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # A tokenizer.json to use instead of training one.
     tokenizer_path: str | None = None
     vocab_size: int = Field(2048, gt=0)

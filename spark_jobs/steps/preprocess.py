@@ -5,10 +5,15 @@
 
 Writes `<root>/runs/<run_id>/preprocess/` (see docs/architecture.md): tokenizer.json,
 tokens/ (doc_id int32, seq int64, ids array<int32>), documents.json, token_counts.csv,
-stats.json, and embeddings.safetensors + embeddings.txt when the model uses embeddings (mlp,
-or gpt with model.init_from_embeddings) or data.embeddings_path gives them. The inputs (corpus, tokenizer file,
-embeddings file) are validated before Spark starts; the output is marked complete
-(`_SUCCESS`) only when everything is written.
+split.json, stats.json, and embeddings.safetensors + embeddings.txt when the model uses
+embeddings (mlp, or gpt with model.init_from_embeddings) or data.embeddings_path gives them.
+
+The driver never holds the corpus: it lists the files, and the executors read them in blocks
+of whole lines (`spark_jobs.data.corpus_blocks`), validate and normalise them, and keep the
+text cached for the jobs that follow. The driver gets numbers back (characters, segment
+counts, hashes, the first decoding error) and the tokenizer's sample, which
+`data.tokenizer_sample_chars` bounds. The output is marked complete (`_SUCCESS`) only when
+everything is written.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ import csv
 import io
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig
-from spark_jobs.data import corpus as corpus_io
+from spark_jobs.common.errors import InputError
+from spark_jobs.data import corpus_blocks as blocks_io
 from spark_jobs.data import embeddings as emb
 from spark_jobs.data import tokenizer as tok
+from spark_jobs.data.corpus_files import find_corpus_files
 from spark_jobs.reporting.spark_metrics import record_step_metrics
 from spark_jobs.steps.entrypoint import run_step_main
 
@@ -39,35 +46,149 @@ EMBEDDINGS_FILE = "embeddings.safetensors"
 NO_EMBEDDINGS = "none"
 
 
-def segment_table(
-    documents: list[corpus_io.Document], train_ends: list[int]
-) -> tuple[pd.DataFrame, dict[int, int]]:
-    """One row per segment: doc_id, seq (0, 1, ... within the document), text; and the first
-    validation segment of each document. A segment never straddles a document's training end."""
-    rows, val_first_segment = [], {}
-    for doc, end in zip(documents, train_ends, strict=True):
-        pieces = corpus_io.segments(doc.text[:end])
-        val_first_segment[doc.doc_id] = len(pieces)
-        pieces += corpus_io.segments(doc.text[end:])
-        rows.extend((doc.doc_id, seq, piece) for seq, piece in enumerate(pieces))
-    frame = pd.DataFrame(rows, columns=["doc_id", "seq", "text"])
-    return frame.astype({"doc_id": "int32", "seq": "int64"}), val_first_segment
+@dataclass
+class CorpusPlan:
+    """What the driver knows of the corpus after reading it on the executors: no text."""
+
+    files: list[str]
+    blocks: list[blocks_io.Block]
+    facts: list[blocks_io.BlockText]
+    doc_of_file: dict[int, int]  # file index -> doc_id (empty and whitespace-only files have none)
+    doc_chars: list[int]
+
+    def doc_of_block(self, i: int) -> int:
+        return self.doc_of_file.get(self.blocks[i].file_index, -1)
 
 
-def split_record(
-    config: PipelineConfig,
-    documents: list[corpus_io.Document],
-    train_ends: list[int],
-    val_first_segment: dict,
-) -> dict[str, Any]:
+def read_corpus_blocks(spark, files: list[str], data) -> tuple[Any, CorpusPlan]:
+    """Read, validate and normalise the corpus on the executors: (cached RDD of (block index,
+    text, facts), the plan). Bad bytes are one line naming the first bad file and the byte offset."""
+    from pyspark import StorageLevel
+
+    blocks = blocks_io.plan_blocks(blocks_io.file_sizes(files), data.read_block_bytes)
+    on_error = data.on_decode_error
+    texts = (
+        spark.sparkContext.parallelize(list(enumerate(blocks)), max(1, len(blocks)))
+        .map(lambda item: (item[0], *blocks_io.describe_block(item[1], on_error)))
+        .persist(StorageLevel.MEMORY_AND_DISK)
+    )  # rows (block index, text, BlockText); the text stays on the executors
+    facts = [fact for _, fact in sorted(texts.map(lambda row: (row[0], row[2])).collect())]
+    errors = [fact.error for fact in facts if fact.error]
+    if errors:
+        texts.unpersist()
+        raise InputError(errors[0])
+
+    doc_of_file: dict[int, int] = {}
+    chars: list[int] = []
+    for index, path in enumerate(files):
+        mine = [fact for block, fact in zip(blocks, facts, strict=True) if block.file_index == index]
+        if any(fact.has_text for fact in mine):
+            doc_of_file[index] = len(chars)
+            chars.append(sum(fact.chars for fact in mine))
+        elif len(files) > 1:
+            log.warning("skipping %s corpus file %s", _emptiness(mine), path)
+    if not chars:
+        texts.unpersist()
+        where = files[0] if len(files) == 1 else f"{data.corpus_path} ({len(files)} files)"
+        kind = "only whitespace" if any(fact.chars for fact in facts) else "no text (empty)"
+        raise InputError(f"corpus has {kind}: {where}")
+    return texts, CorpusPlan(files, blocks, facts, doc_of_file, chars)
+
+
+def _emptiness(facts: list[blocks_io.BlockText]) -> str:
+    return "whitespace-only" if any(fact.chars for fact in facts) else "empty"
+
+
+def block_cuts(plan: CorpusPlan, config: PipelineConfig) -> list[int]:
+    """Each block's split point relative to its first character (see corpus_blocks.block_cut)."""
+    doc_cuts = blocks_io.split_cuts(plan.doc_chars, config.training.valid_split, config.data.split_by)
+    cuts, seen = [], {}
+    for i, fact in enumerate(plan.facts):
+        doc = plan.doc_of_block(i)
+        before = seen.get(doc, 0)  # the document's characters in its earlier blocks
+        cuts.append(doc_cuts[doc] - before if doc >= 0 else 0)
+        seen[doc] = before + fact.chars
+    return cuts
+
+
+@dataclass
+class SegmentPlan:
+    train_ends: list[int]  # per block: its training characters
+    seq_offsets: list[int]  # per block: the seq of its first segment within its document
+    segments: int
+    val_first_segment: dict[int, int]  # doc_id -> the seq of its first validation segment
+    train_chars: int
+
+
+def plan_segments(spark, texts, plan: CorpusPlan, config: PipelineConfig) -> SegmentPlan:
+    """Cut every block at the split, count its segments and number them (on the driver)."""
+    shared = spark.sparkContext.broadcast(
+        [(plan.doc_of_block(i), cut) for i, cut in enumerate(block_cuts(plan, config))]
+    )
+
+    def count(item: tuple) -> tuple[int, int, int, int]:
+        i, text, _ = item
+        doc, cut = shared.value[i]
+        if doc < 0:
+            return i, 0, 0, 0
+        end = blocks_io.block_cut(text, cut)
+        pieces, train = blocks_io.block_segments(text, end)
+        return i, end, len(pieces), train
+
+    counts = sorted(texts.map(count).collect())
+    train_ends, offsets, next_seq, val_first = [], [], {}, {}
+    for i, end, pieces, train in counts:
+        doc = plan.doc_of_block(i)
+        train_ends.append(end)
+        offsets.append(next_seq.get(doc, 0))
+        if doc >= 0 and train < pieces and doc not in val_first:
+            val_first[doc] = offsets[-1] + train
+        next_seq[doc] = offsets[-1] + pieces
+    for doc in range(len(plan.doc_chars)):
+        val_first.setdefault(doc, next_seq.get(doc, 0))  # no validation text: its segment count
+    total = sum(n for doc, n in next_seq.items() if doc >= 0)
+    return SegmentPlan(train_ends, offsets, total, val_first, sum(train_ends))
+
+
+def segment_rows(spark, texts, plan: CorpusPlan, segs: SegmentPlan):
+    """The segments as a DataFrame (doc_id, seq, text), made on the executors."""
+    shared = spark.sparkContext.broadcast(
+        [(plan.doc_of_block(i), end, segs.seq_offsets[i]) for i, end in enumerate(segs.train_ends)]
+    )
+
+    def rows(item: tuple):
+        i, text, _ = item
+        doc, end, first_seq = shared.value[i]
+        if doc < 0:
+            return []
+        pieces, _ = blocks_io.block_segments(text, end)
+        return [(doc, first_seq + k, piece) for k, piece in enumerate(pieces)]
+
+    return spark.createDataFrame(texts.flatMap(rows), schema="doc_id int, seq bigint, text string")
+
+
+def tokenizer_sample(spark, texts, segs: SegmentPlan, max_chars: int | None) -> list[str]:
+    """The tokenizer's training text (training text only, at most max_chars), in corpus order."""
+    shared = spark.sparkContext.broadcast(
+        (blocks_io.sample_plan(segs.train_ends, max_chars), segs.train_ends)
+    )
+
+    def pieces(item: tuple):
+        i, text, _ = item
+        wanted, ends = shared.value
+        return [(i, blocks_io.sample_pieces(text[: ends[i]], wanted[i]))] if i in wanted else []
+
+    return [piece for _, found in sorted(texts.flatMap(pieces).collect()) for piece in found]
+
+
+def split_record(config: PipelineConfig, plan: CorpusPlan, segs: SegmentPlan) -> dict[str, Any]:
     """preprocess/split.json: where validation begins, which the window step applies."""
-    train_chars = sum(train_ends)
     return {
         "split_by": config.data.split_by,
         "valid_split": config.training.valid_split,
         # doc_id -> the first segment (seq) of its validation text; = its segment count if none
-        "val_first_segment": {str(doc): seq for doc, seq in val_first_segment.items()},
-        "chars": {"train": train_chars, "val": sum(len(d.text) for d in documents) - train_chars},
+        "val_first_segment": {str(doc): seq for doc, seq in sorted(segs.val_first_segment.items())},
+        "chars": {"train": segs.train_chars, "val": sum(plan.doc_chars) - segs.train_chars},
     }
 
 
@@ -81,16 +202,15 @@ def training_rows(spark, tokens_df, val_first_segment: dict[int, int]):
     )
 
 
-def encode_on_spark(spark, segments: pd.DataFrame, tokenizer_json: str, num_partitions: int):
+def encode_on_spark(spark, segments, num_segments: int, tokenizer_json: str, config: PipelineConfig):
     """Tokenize the segments inside Spark (mapInArrow, tokenizer broadcast once)."""
-    # createDataFrame slices the (ordered) table into contiguous partitions; more partitions
-    # come from range partitioning, which also keeps each one a contiguous run of
-    # (doc_id, seq). Order itself is carried by the columns, never by the row order.
-    frame = spark.createDataFrame(segments, schema="doc_id int, seq bigint, text string")
-    if num_partitions != frame.rdd.getNumPartitions():
-        frame = frame.repartitionByRange(num_partitions, "doc_id", "seq")
+    # Range partitioning keeps each partition a contiguous run of (doc_id, seq); order itself
+    # is carried by the columns, never by the row order.
+    wanted = -(-num_segments // config.spark.target_partition_size)
+    num_partitions = max(1, min(num_segments, max(spark.sparkContext.defaultParallelism, wanted)))
+    frame = segments.repartitionByRange(num_partitions, "doc_id", "seq")
     broadcast = spark.sparkContext.broadcast(tokenizer_json)
-    return frame.mapInArrow(tok.arrow_encoder(broadcast), tok.TOKENS_DDL)
+    return frame.mapInArrow(tok.arrow_encoder(broadcast), tok.TOKENS_DDL), num_partitions
 
 
 def token_counts_csv(counts: np.ndarray, id_to_token: list[str], has_vector: np.ndarray) -> str:
@@ -105,15 +225,15 @@ def token_counts_csv(counts: np.ndarray, id_to_token: list[str], has_vector: np.
     return buffer.getvalue()
 
 
-def _tokenizer(config: PipelineConfig, documents: list[corpus_io.Document], train_ends: list[int]):
+def _tokenizer(config: PipelineConfig, sample: Callable[[int | None], list[str]]):
+    """(tokenizer, source): the user's, checked on a sample of the text, or a BPE trained on
+    the training text only (nothing of the validation text leaks into the vocabulary)."""
     data = config.data
     if data.tokenizer_path:
         tokenizer = tok.load_tokenizer(data.tokenizer_path)
-        tok.check_round_trip(tokenizer, corpus_io.sample_text(documents, 200_000), data.tokenizer_path)
+        tok.check_round_trip(tokenizer, sample(200_000), data.tokenizer_path)
         return tokenizer, f"file:{data.tokenizer_path}"
-    # fitted on the training text only: nothing of the validation text leaks into the vocabulary
-    training = [replace(doc, text=doc.text[:end]) for doc, end in zip(documents, train_ends, strict=True)]
-    texts = corpus_io.sample_text([doc for doc in training if doc.text], data.tokenizer_sample_chars)
+    texts = sample(data.tokenizer_sample_chars)
     started = time.perf_counter()
     tokenizer = tok.train_tokenizer(texts, data.vocab_size)
     log.info(
@@ -179,16 +299,15 @@ def build_embeddings(
 def encode_corpus(
     spark,
     config: PipelineConfig,
-    segments: pd.DataFrame,
+    segments,
+    num_segments: int,
     tokenizer_json: str,
     vocab_size: int,
     tokens_uri: str,
 ):
     """Write tokens/ (Parquet) and count it: (tokens DataFrame, tokens per document, counts per id, seconds)."""
     started = time.perf_counter()
-    wanted = -(-len(segments) // config.spark.target_partition_size)
-    num_partitions = min(len(segments), max(spark.sparkContext.defaultParallelism, wanted))
-    encoded = encode_on_spark(spark, segments, tokenizer_json, num_partitions)
+    encoded, num_partitions = encode_on_spark(spark, segments, num_segments, tokenizer_json, config)
     encoded.sortWithinPartitions("doc_id", "seq").write.mode("overwrite").parquet(
         storage.spark_path(tokens_uri)
     )
@@ -211,35 +330,47 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
 
     with storage.step_output(out_uri) as out:
         # Inputs first, before Spark starts: bad ones fail in a second with one line.
-        documents = corpus_io.read_corpus(data.corpus_path, data.on_decode_error)
+        files = find_corpus_files(data.corpus_path)
         user_vectors = (
             emb.read_embeddings(data.embeddings_path, config.model.embedding_size)
             if data.embeddings_path
             else None
         )
-        train_ends = corpus_io.train_text_ends(documents, config.training.valid_split, data.split_by)
-        tokenizer, tokenizer_source = _tokenizer(config, documents, train_ends)
-        tokenizer_json = tokenizer.to_str()
-        vocab_size = tokenizer.get_vocab_size()
-        id_to_token = [tokenizer.id_to_token(i) for i in range(vocab_size)]
-        chars = sum(len(d.text) for d in documents)
-        segments, val_first_segment = segment_table(documents, train_ends)
-        log.info("corpus: %d documents, %d chars, %d segments", len(documents), chars, len(segments))
 
         from spark_jobs.common.spark_session import get_spark
 
         spark = get_spark(config, STEP)
         job_group = f"{STEP}-{config.run.id}"
         spark.sparkContext.setJobGroup(job_group, f"llm-decoder {STEP} {config.run.id}")
+        texts, plan = read_corpus_blocks(spark, files, data)
+        segs = plan_segments(spark, texts, plan, config)
+        chars = sum(plan.doc_chars)
+        log.info(
+            "corpus: %d documents, %d chars, %d segments, read in %d blocks",
+            *(len(plan.doc_chars), chars, segs.segments, len(plan.blocks)),
+        )
+        tokenizer, tokenizer_source = _tokenizer(
+            config, lambda max_chars: tokenizer_sample(spark, texts, segs, max_chars)
+        )
+        tokenizer_json = tokenizer.to_str()
+        vocab_size = tokenizer.get_vocab_size()
+        id_to_token = [tokenizer.id_to_token(i) for i in range(vocab_size)]
         storage.write_text(storage.join(out, "tokenizer.json"), tokenizer_json)
 
         tokens_df, per_doc, counts, encode_seconds = encode_corpus(
-            spark, config, segments, tokenizer_json, vocab_size, storage.join(out, "tokens")
+            spark,
+            config,
+            segment_rows(spark, texts, plan, segs),
+            segs.segments,
+            tokenizer_json,
+            vocab_size,
+            storage.join(out, "tokens"),
         )
+        texts.unpersist()
         total_tokens = int(counts.sum())
 
         if config.model.uses_embeddings or user_vectors is not None:
-            train_tokens_df = training_rows(spark, tokens_df, val_first_segment)
+            train_tokens_df = training_rows(spark, tokens_df, segs.val_first_segment)
             matrix, known, rate, source = build_embeddings(
                 config, user_vectors, train_tokens_df, counts, id_to_token
             )
@@ -252,20 +383,22 @@ def run(config: PipelineConfig, **_: Any) -> dict[str, Any]:
         storage.write_text(
             storage.join(out, "token_counts.csv"), token_counts_csv(counts, id_to_token, known)
         )
-        split = split_record(config, documents, train_ends, val_first_segment)
-        finite_json.write(storage.join(out, "split.json"), split)
+        finite_json.write(storage.join(out, "split.json"), split_record(config, plan, segs))
         documents_json = [
-            {"doc_id": d.doc_id, "path": d.path, "chars": len(d.text), "tokens": per_doc.get(d.doc_id, 0)}
-            for d in documents
+            {"doc_id": doc, "path": files[index], "chars": plan.doc_chars[doc], "tokens": per_doc.get(doc, 0)}
+            for index, doc in plan.doc_of_file.items()
         ]
         finite_json.write(storage.join(out, "documents.json"), documents_json)
 
         stats = {
             "run_id": config.run.id,
-            "documents": len(documents),
-            "segments": len(segments),
+            "documents": len(plan.doc_chars),
+            "segments": segs.segments,
             "chars": chars,
-            "corpus_sha256": corpus_io.content_hash(documents),
+            "corpus_sha256": blocks_io.corpus_hash(
+                [fact.sha256 for i, fact in enumerate(plan.facts) if plan.doc_of_block(i) >= 0]
+            ),
+            "read_blocks": len(plan.blocks),
             "tokens": total_tokens,
             "vocab_size": vocab_size,
             "chars_per_token": chars / total_tokens if total_tokens else 0.0,

@@ -41,7 +41,12 @@ from spark_jobs.reporting.summary import summary_record
 from spark_jobs.reporting.train_metrics import write_run_summary
 from spark_jobs.steps.entrypoint import config_summary, run_step_main
 from spark_jobs.training import checkpoints
-from spark_jobs.training.evaluation import first_scores, score_full_split, scored_target_ids
+from spark_jobs.training.evaluation import (
+    EVALUATION_VERSION,
+    first_scores,
+    score_full_split,
+    scored_target_ids,
+)
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
 
@@ -165,6 +170,7 @@ def evaluation_fingerprint(config: PipelineConfig, inputs: TrainInputs, val_char
     stats = _read_json(storage.join(preprocess_dir, "stats.json"))
     mlp = config.model.kind == "mlp"
     return {
+        "version": EVALUATION_VERSION,
         "corpus_sha256": stats.get("corpus_sha256"),
         "split_by": config.data.split_by,
         "valid_split": config.training.valid_split,

@@ -23,6 +23,11 @@ from spark_jobs.common.config import PipelineConfig
 from spark_jobs.data.loader import batch_order
 from spark_jobs.reporting.train_metrics import bits_per_char
 
+# Bumped whenever what the full-split figures measure changes (which tokens are scored, how the
+# corpus hash is made): figures of another version are never compared with these.
+#   2: every token of the validation text (not of the windows) scored; corpus hash by read block
+EVALUATION_VERSION = 2
+
 
 def all_reduce_sum(values: list[float], world_size: int) -> list[float]:
     """Sum `values` over the DDP ranks (a no-op in one process)."""

@@ -254,7 +254,7 @@ def test_collect_with_no_metrics_at_all(tmp_path):
     assert (tmp_path / "runs" / "r2" / "summary.json").exists()
 
 
-FINGERPRINT = {"corpus_sha256": "c1", "split_by": "document", "valid_split": 0.1, "val_chars_scored": 1000,
+FINGERPRINT = {"version": 2, "corpus_sha256": "c1", "split_by": "document", "valid_split": 0.1, "val_chars_scored": 1000,
                "loss": "cross_entropy", "embeddings_sha256": None}  # fmt: skip
 
 
@@ -282,6 +282,10 @@ def test_promotion_decisions():
     # a champion from before fingerprints can never be compared: the next fingerprinted run replaces it
     decision, reason = decide(_summary("b", 3.0), legacy)
     assert decision == "promoted" and "the champion old has no evaluation fingerprint" in reason
+    # a champion evaluated by an older version of the figures: replaced the same way, saying why
+    decision, reason = decide(_summary("b", 3.0), _summary("old", 2.0, version=1))
+    assert decision == "promoted" and "evaluation version 1, now 2" in reason
+    assert decide(_summary("b", 1.0, version=1), _summary("a", 2.0))[0] == "not comparable"
     unfingerprinted = {k: v for k, v in _summary("c", 1.0).items() if k != "evaluation"}
     assert decide(unfingerprinted, _summary("a", 2.0)) == (
         "not comparable",

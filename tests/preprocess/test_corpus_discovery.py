@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from spark_jobs.common.errors import InputError
-from spark_jobs.data.corpus import read_corpus
+from spark_jobs.data.corpus_blocks import file_sizes, plan_blocks, read_block
 from spark_jobs.data.corpus_files import find_corpus_files, match_parts
 
 
@@ -29,9 +29,12 @@ def test_a_symlink_loop_reads_each_real_file_once_and_is_named(tmp_path, caplog)
     os.symlink(".", corpus / "loop")  # dir/loop -> .
     os.symlink("..", corpus / "sub" / "up")  # a loop one level down
     with caplog.at_level(logging.WARNING):
-        documents = read_corpus(str(corpus))
-    assert [d.path for d in documents] == [str(corpus / "a.txt"), str(corpus / "sub" / "b.txt")]
-    assert [d.text for d in documents] == ["alpha\n", "beta\n"]
+        files = find_corpus_files(str(corpus))
+    assert files == [str(corpus / "a.txt"), str(corpus / "sub" / "b.txt")]
+    assert [read_block(block, "strict") for block in plan_blocks(file_sizes(files), 1024)] == [
+        "alpha\n",
+        "beta\n",
+    ]
     loops = [r.getMessage() for r in caplog.records if "symbolic link loop" in r.getMessage()]
     assert any(f"{corpus}/loop -> ." in m for m in loops)
     assert any(f"{corpus}/sub/up -> .." in m for m in loops)

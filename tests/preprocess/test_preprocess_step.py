@@ -265,3 +265,34 @@ def test_validation_ranges_decode_to_the_validation_text(baseline):
     # split by stream: one range, from the first validation token to the end of the stream
     [stream] = validation_ranges(str(out), "stream")
     assert stream.tolist() == ranges[0].tolist() + docs[1]
+
+
+def test_a_corpus_read_in_many_blocks_gives_the_documents_and_the_split(spark, tmp_path, two_doc_corpus):
+    """Blocks of 8 kB, one line longer than a block among them: each document's tokens decode to
+    its text, and the split is where the rule on the whole text puts it."""
+    corpus = tmp_path / "corpus"
+    shutil.copytree(two_doc_corpus, corpus)
+    first = corpus / "a_shakespeare.txt"
+    texts = [first.read_text(encoding="utf-8") + "a line longer than a block " * 1000 + "\n"]  # +27 kB
+    first.write_text(texts[0], encoding="utf-8")
+    texts.append(normalize_text(SECOND_DOC))
+    config = make_config(tmp_path, corpus, run_id="many", read_block_bytes=8192)
+    stats = run(config)
+    out = Path(step_dir(config))
+    assert stats["read_blocks"] > 6 and stats["chars"] == sum(map(len, texts))
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+    tokens = read_tokens(out)
+    assert [tokenizer.decode(ids, skip_special_tokens=False) for ids in doc_ids(tokens).values()] == texts
+    for doc in (0, 1):  # seq numbers 0..n-1 within each document, across blocks
+        seqs = [
+            s
+            for d, s in zip(tokens["doc_id"].to_pylist(), tokens["seq"].to_pylist(), strict=True)
+            if d == doc
+        ]
+        assert seqs == list(range(len(seqs)))
+    train = 0
+    for text in texts:  # the last 10 % of each document, from the next line start
+        cut = len(text) - round(len(text) * config.training.valid_split)
+        train += cut if text[cut - 1] == "\n" else (text.find("\n", cut) + 1 or len(text))
+    split = json.loads((out / "split.json").read_text())
+    assert split["chars"] == {"train": train, "val": sum(map(len, texts)) - train}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spark_jobs.common.errors import InputError
-from spark_jobs.data import corpus, embeddings
+from spark_jobs.data import corpus, corpus_blocks, embeddings
 from spark_jobs.data.tokenizer import train_tokenizer
 from spark_jobs.steps.preprocess import token_counts_csv
 
@@ -98,27 +98,79 @@ def test_token_counts_csv_sorted_by_count_then_id():
     ]
 
 
-def test_the_tokenizer_sample_is_bounded_spread_deterministic_and_whole_lines():
-    docs = [
-        corpus.Document(i, f"d{i}.txt", "".join(f"doc {i} line {n}\n" for n in range(20_000)))
-        for i in range(3)
+def _sample(texts: list[str], max_chars: int | None) -> list[str]:
+    """The tokenizer sample of blocks with these training texts, as the executors cut it."""
+    plan = corpus_blocks.sample_plan([len(t) for t in texts], max_chars)
+    return [
+        piece
+        for i, text in enumerate(texts)
+        if i in plan
+        for piece in corpus_blocks.sample_pieces(text, plan[i])
     ]
-    everything = corpus.sample_text(docs, None)
-    assert "".join(everything) == "".join(d.text for d in docs)
-    assert corpus.sample_text(docs, 10**9) == everything  # it fits: all of it
 
-    limit = 300_000  # about a third of the text: blocks from every document
-    sample = corpus.sample_text(docs, limit)
-    assert sample == corpus.sample_text(docs, limit)
+
+def test_the_tokenizer_sample_is_bounded_spread_deterministic_and_whole_lines():
+    texts = ["".join(f"doc {i} line {n}\n" for n in range(20_000)) for i in range(3)]
+    everything = _sample(texts, None)
+    assert "".join(everything) == "".join(texts)
+    assert _sample(texts, 10**9) == everything  # it fits: all of it
+
+    limit = 300_000  # about a third of the text: pieces from every block
+    sample = _sample(texts, limit)
+    assert sample == _sample(texts, limit)
     text = "".join(sample)
     assert 0.9 * limit < len(text) <= limit
     lines = text.splitlines(keepends=True)
     assert all(line.startswith("doc ") and line.endswith("\n") for line in lines)  # no cut line
     assert {line.split()[1] for line in lines} == {"0", "1", "2"}
-    assert all(piece in docs[0].text or piece in docs[1].text or piece in docs[2].text for piece in sample)
 
 
-def test_a_line_longer_than_a_sample_block_is_cut_not_lost():
-    docs = [corpus.Document(0, "long.txt", "x" * (3 * corpus.SAMPLE_BLOCK_CHARS))]
-    sample = "".join(corpus.sample_text(docs, corpus.SAMPLE_BLOCK_CHARS))
+def test_a_line_longer_than_a_sample_piece_is_cut_not_lost():
+    sample = "".join(_sample(["x" * (3 * corpus.SAMPLE_BLOCK_CHARS)], corpus.SAMPLE_BLOCK_CHARS))
     assert sample == "x" * corpus.SAMPLE_BLOCK_CHARS
+
+
+def _blocks_of(tmp_path, data: bytes, block_bytes: int, on_error: str = "strict") -> list[str]:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(data)
+    blocks = corpus_blocks.plan_blocks(corpus_blocks.file_sizes([str(path)]), block_bytes)
+    return [corpus_blocks.read_block(block, on_error) for block in blocks]
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3, 7, 64, 10_000])
+def test_blocks_are_whole_lines_that_rebuild_the_normalised_file(tmp_path, block_bytes):
+    data = "\ufeffa\r\nbb\rccc\n\n\ufeffdé日本\r\n".encode() + b"long " * 50 + b"\nlast"
+    texts = _blocks_of(tmp_path, data, block_bytes)
+    assert "".join(texts) == corpus.decode_document(data, "x")  # the BOM inside the file is kept
+    filled = [text for text in texts if text]  # a block inside a long line owns nothing
+    assert all(text.endswith("\n") for text in filled[:-1])  # each block ends a line
+
+
+def test_a_decoding_error_in_a_later_block_names_the_offset_in_the_file(tmp_path):
+    data = b"line one\n" * 100 + b"bad \xff here\n"
+    with pytest.raises(InputError, match=r"corpus.txt: invalid UTF-8 at byte offset 904 \(byte 0xff\)"):
+        _blocks_of(tmp_path, data, 64)
+    with pytest.raises(InputError, match=r"corpus.txt: looks like a binary .* NUL byte at byte offset 900"):
+        _blocks_of(tmp_path, b"line one\n" * 100 + b"\x00", 64)
+
+
+@pytest.mark.parametrize("split_by", ["document", "stream"])
+@pytest.mark.parametrize("block_bytes", [16, 50, 1000])
+def test_block_cuts_put_the_split_where_the_whole_text_rule_does(split_by, block_bytes, tmp_path):
+    rng = np.random.default_rng(block_bytes)
+    docs = ["".join("w" * int(rng.integers(0, 30)) + "\n" for _ in range(n)) for n in (40, 3, 25)]
+    docs[1] += "no newline at the end"
+    valid_split = 0.3
+    cuts = corpus_blocks.split_cuts([len(d) for d in docs], valid_split, split_by)
+    for doc, cut in zip(docs, cuts, strict=True):
+        # the rule on the whole text: the cut, moved forward to the next line start
+        expected = (
+            cut
+            if cut <= 0 or cut >= len(doc) or doc[cut - 1] == "\n"
+            else (doc.find("\n", cut) + 1 or len(doc))
+        )
+        train, before = "", 0
+        for text in _blocks_of(tmp_path, doc.encode(), block_bytes):
+            train += text[: corpus_blocks.block_cut(text, cut - before)]
+            before += len(text)
+        assert train == doc[:expected]
