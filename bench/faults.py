@@ -44,11 +44,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load as load_tensors
 
 from spark_jobs.common import storage
+from spark_jobs.data import window_chunks
+from spark_jobs.data.windows import Run
 from spark_jobs.training import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -594,7 +597,17 @@ def bad_cases(bench: Bench) -> dict[str, Callable[[Path], Case]]:
         run, _ = copied(f)
         window = run / "window"
         parts = sorted((window / "val").glob("*.parquet"))
-        pq.write_table(pq.read_table(parts[0]).slice(0, 1), parts[0])
+        chunk = pq.read_table(parts[0]).to_pylist()[0]  # keep its first window only
+        one = window_chunks.chunk_batch(
+            0,
+            chunk["window_size"],
+            chunk["stride"],
+            np.array(chunk["ids"][: chunk["window_size"] + 1]),
+            [Run(chunk["run_starts"][0], 1)],
+            np.array(chunk["doc_ids"]),
+            np.array(chunk["doc_starts"]),
+        )
+        window_chunks.write_chunk_file(str(parts[0]), one)
         for part in parts[1:]:
             part.unlink()
         distribution = json.loads((window / "data_distribution.json").read_text())

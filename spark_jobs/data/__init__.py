@@ -5,7 +5,8 @@
     tokenizer.py   byte-level BPE: training, loading, encoding Arrow batches inside Spark
     embeddings.py  a previous phase's token embeddings (word2vec text / CSV), validated; Word2Vec
     windows.py     the arithmetic of sliding windows and the contiguous train/val split
-    loader.py      reading the window step's Parquet into tensors; the seeded minibatch order
+    window_chunks.py  the window step's files: token chunks plus the runs that define the windows
+    loader.py      WindowSet: windows cut on the fly from the chunks; the seeded minibatch order
     parquet_files.py  a Parquet folder's files, each footer checked (a bad file fails by name)
 
 May import: spark_jobs.common.

@@ -1,8 +1,12 @@
-"""Reading the window step's Parquet into tensors, and the seeded order of minibatches.
+"""Windows for training: the window step's token chunks, cut into windows on the fly; the
+seeded order of minibatches.
 
-Sharding interleaves rows (rank r gets rows r, r + world, r + 2·world, ...), and every rank
-walks its shard in the same order, so with `training.shuffle=false` the ranks' batches of
-size b together are exactly the single process's batches of size world·b.
+A `WindowSet` holds a split's token stream (its chunks' ids, concatenated) and where each
+window starts in it; `windows[rows]` copies just those rows out of a sliding-window view, so
+no window is ever stored. Sharding interleaves windows (rank r gets windows r, r + world,
+r + 2·world, ...), and every rank walks its shard in the same order, so with
+`training.shuffle=false` the ranks' batches of size b together are exactly the single
+process's batches of size world·b.
 """
 
 from __future__ import annotations
@@ -10,83 +14,129 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from spark_jobs.common import storage
 from spark_jobs.common.errors import InputError
-from spark_jobs.data import parquet_files
+from spark_jobs.data import window_chunks
+from spark_jobs.data.windows import chunk_offsets, locate, run_windows
 
 log = logging.getLogger(__name__)
 
 
-WINDOW_COLUMNS = ["doc_id", "start", "ids"]
+class WindowSet:
+    """Windows of window_size + 1 ids, cut on demand from one token stream.
+
+    `stream` is int32; `starts[i]` is where window i begins in it. `windows[rows]` (rows: a
+    LongTensor, a numpy int array, a slice or an int) is an int64 tensor [len(rows), W+1];
+    `windows[rows, a:b]` only columns a..b-1 of those windows. `doc_ids` and `positions` say
+    where each window begins (its document, its token position there).
+    """
+
+    def __init__(
+        self,
+        stream: np.ndarray,
+        starts: np.ndarray,
+        window_size: int,
+        doc_ids: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+    ) -> None:
+        self.stream = np.ascontiguousarray(stream, dtype=np.int32)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.window_size = window_size
+        self.doc_ids = doc_ids if doc_ids is not None else np.zeros(len(self.starts), dtype=np.int64)
+        self.positions = positions if positions is not None else self.starts
+        # A view, not a copy: row j is stream[j : j + W + 1].
+        self._view = np.lib.stride_tricks.sliding_window_view(self.stream, window_size + 1)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        rows, columns = index if isinstance(index, tuple) else (index, slice(None))
+        if isinstance(rows, torch.Tensor):
+            rows = rows.numpy()
+        return torch.from_numpy(self._view[self.starts[rows], columns].astype(np.int64))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.window_size + 1
+
+    def numpy(self) -> np.ndarray:
+        """Every window as one int64 array [N, W+1] (a copy: (W+1) * 8 bytes per window)."""
+        return self[:].numpy()
+
+    def shard(self, shard: int, num_shards: int) -> WindowSet:
+        """Windows shard, shard + num_shards, ...; every shard the same count (the rest dropped).
+        The shard shares this set's stream."""
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"shard {shard} out of range for {num_shards} shards")
+        rows = np.arange(len(self) // num_shards, dtype=np.int64) * num_shards + shard
+        return WindowSet(
+            self.stream, self.starts[rows], self.window_size, self.doc_ids[rows], self.positions[rows]
+        )
 
 
-def read_window_table(window_dir: str, split: str) -> pa.Table:
-    """The split's windows as one Arrow table in a stable order (by doc_id, start).
+def read_window_set(window_dir: str, split: str) -> WindowSet:
+    """All windows of a split, in order of global start (= (doc_id, position) order).
 
     Every file is read, or the read fails naming the file: a truncated file is never skipped.
     """
-    uri = storage.join(window_dir, split)
-    if not storage.is_dir(uri):
-        raise InputError(f"windows not found: {uri} (run the window step first)")
-    parquet_files.rows_per_file(uri)  # every footer first: a truncated file fails by name
-    table = pa.concat_tables(
-        [parquet_files.read_table(file_uri, WINDOW_COLUMNS) for file_uri in parquet_files.data_files(uri)]
+    uri = _split_uri(window_dir, split)
+    chunks = window_chunks.read_chunks(uri)
+    sizes = {(chunk.window_size, chunk.stride) for chunk in chunks}
+    if len(sizes) != 1:
+        raise InputError(f"{uri}: chunks with different window sizes or strides {sorted(sizes)}")
+    streams, starts, doc_ids, positions, offset = [], [], [], [], 0
+    for chunk in chunks:
+        streams.append(chunk.ids)
+        starts.append(offset + chunk_offsets(chunk.run_counts, chunk.window_size, chunk.stride))
+        doc, position = locate(
+            run_windows(chunk.run_starts, chunk.run_counts, chunk.stride), chunk.doc_ids, chunk.doc_starts
+        )
+        doc_ids.append(doc.astype(np.int64))
+        positions.append(position)
+        offset += len(chunk.ids)
+    return WindowSet(
+        np.concatenate(streams),
+        np.concatenate(starts),
+        chunks[0].window_size,
+        np.concatenate(doc_ids),
+        np.concatenate(positions),
     )
-    # Spark writes partitions in no guaranteed order: sort so every reader sees the same rows.
-    return table.sort_by([("doc_id", "ascending"), ("start", "ascending")])
 
 
 def count_windows(window_dir: str, split: str) -> int:
-    """The windows in a split's files, from their footers alone (no data is read)."""
-    uri = storage.join(window_dir, split)
-    if not storage.is_dir(uri):
-        raise InputError(f"windows not found: {uri} (run the window step first)")
-    return sum(parquet_files.rows_per_file(uri).values())
+    """The windows a split's files define, from their run_counts alone (no tokens are read)."""
+    return sum(window_chunks.windows_per_file(_split_uri(window_dir, split)).values())
 
 
-def windows_to_tensor(ids: pa.ChunkedArray | pa.Array, source: str) -> torch.Tensor:
-    """A list<int32> column of equal-length windows as an int64 tensor [N, W+1]."""
-    if isinstance(ids, pa.ChunkedArray):
-        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], type=pa.list_(pa.int32()))
-    n = len(ids)
-    if n == 0:
-        return torch.empty((0, 0), dtype=torch.int64)
-    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
-    if lengths.min() != lengths.max():
-        raise InputError(f"{source}: windows have different lengths ({lengths.min()}..{lengths.max()})")
-    flat = ids.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-    return torch.from_numpy(flat.reshape(n, int(lengths[0])))
+def load_windows(window_dir: str, split: str, shard: int = 0, num_shards: int = 1) -> WindowSet:
+    """The windows of `split` ("train" or "val"); shard `shard` of `num_shards`.
 
-
-def load_windows(window_dir: str, split: str, shard: int = 0, num_shards: int = 1) -> torch.Tensor:
-    """int64 [N, W+1] windows of `split` ("train" or "val"); shard `shard` of `num_shards`.
-
-    Every shard gets the same number of rows (the remainder is dropped), so DDP ranks run
-    the same number of steps.
+    Every shard gets the same number of windows (the remainder is dropped), so DDP ranks run
+    the same number of steps. Each rank holds the split's whole token stream (~4 bytes per
+    token) plus 8 bytes per window of its shard.
     """
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} out of range for {num_shards} shards")
-    table = read_window_table(window_dir, split)
-    per_shard = table.num_rows // num_shards
-    if num_shards > 1:
-        rows = np.arange(per_shard, dtype=np.int64) * num_shards + shard
-        table = table.take(pa.array(rows))
-    windows = windows_to_tensor(table.column("ids"), storage.join(window_dir, split))
+    windows = read_window_set(window_dir, split).shard(shard, num_shards)
     log.info("loaded %d %s windows (shard %d/%d)", len(windows), split, shard, num_shards)
     return windows
 
 
-def load_windows_with_positions(window_dir: str, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """All windows of `split` in (doc_id, start) order: (ids int64 [N, W+1], doc_ids [N], starts [N])."""
-    table = read_window_table(window_dir, split)
-    windows = windows_to_tensor(table.column("ids"), storage.join(window_dir, split))
-    doc_ids = table.column("doc_id").to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = table.column("start").to_numpy(zero_copy_only=False).astype(np.int64)
-    return windows, doc_ids, starts
+def load_windows_with_positions(window_dir: str, split: str) -> tuple[WindowSet, np.ndarray, np.ndarray]:
+    """All windows of `split` in (doc_id, start) order: (windows [N, W+1], doc_ids [N], starts [N]),
+    a window's start being its position within its document."""
+    windows = read_window_set(window_dir, split)
+    return windows, windows.doc_ids, windows.positions
+
+
+def _split_uri(window_dir: str, split: str) -> str:
+    uri = storage.join(window_dir, split)
+    if not storage.is_dir(uri):
+        raise InputError(f"windows not found: {uri} (run the window step first)")
+    return uri
 
 
 def batch_order(

@@ -8,8 +8,11 @@ works out everything else:
                                                                      └─→ which segments each partition needs
 
 Each partition then rebuilds only its own slice of the stream (plus the `window_size` tokens
-of overlap its last windows reach into) and cuts its windows with numpy, so no task ever
-holds the whole stream.
+of overlap its last windows reach into), so no task ever holds the whole stream, and keeps
+it as one *chunk*: the tokens its windows read plus the rule that defines them (its runs and
+the stride). Windows are cut from the chunks only when training reads them (numpy views), so
+the window step's output is about the size of the token stream at any stride instead of
+(window_size + 1) / stride times it.
 
 A window is `window_size + 1` ids: for the mlp the first `window_size` are context and the
 last is the target; the gpt trains on all `window_size` shifted positions. Windows start
@@ -202,6 +205,55 @@ def cut_windows(stream: np.ndarray, base: int, starts: np.ndarray, window_size: 
         raise ValueError(f"tokens cover [{base}, {base + len(stream)}), the windows need more")
     view = np.lib.stride_tricks.sliding_window_view(stream.astype(np.int32, copy=False), window_size + 1)
     return np.ascontiguousarray(view[starts - base])
+
+
+def run_token_counts(counts: np.ndarray, window_size: int, stride: int) -> np.ndarray:
+    """Tokens each run's windows read: from its first window's start to its last window's end."""
+    return (np.asarray(counts, dtype=np.int64) - 1) * stride + window_size + 1
+
+
+def run_windows(run_starts: np.ndarray, run_counts: np.ndarray, stride: int) -> np.ndarray:
+    """Global start of every window of runs given as arrays (window_starts for a chunk's columns)."""
+    counts = np.asarray(run_counts, dtype=np.int64)
+    return np.repeat(np.asarray(run_starts, dtype=np.int64), counts) + stride * _index_within(counts)
+
+
+def _index_within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ..., counts[0] - 1, 0, 1, ..., counts[1] - 1, ...: each item's index within its run."""
+    return np.arange(counts.sum(), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+def chunk_tokens(stream: np.ndarray, base: int, runs: list[Run], window_size: int, stride: int) -> np.ndarray:
+    """The tokens a partition's windows read, run after run, from `stream` (the tokens at global
+    [base, ...)). The tokens between two runs (another split's range between two documents)
+    are in no window of this split, so the chunk leaves them out."""
+    lengths = run_token_counts(np.array([run.count for run in runs]), window_size, stride)
+    pieces = []
+    for run, length in zip(runs, lengths, strict=True):
+        lo = run.start - base
+        if lo < 0 or lo + length > len(stream):
+            raise ValueError(f"tokens cover [{base}, {base + len(stream)}), the windows need more")
+        pieces.append(stream[lo : lo + length])
+    return np.concatenate(pieces).astype(np.int32, copy=False)
+
+
+def chunk_offsets(run_counts: np.ndarray, window_size: int, stride: int) -> np.ndarray:
+    """Where each window of a chunk starts in the chunk's tokens (see chunk_tokens): run i's
+    windows start at (the tokens of runs 0..i-1) + stride * k."""
+    counts = np.asarray(run_counts, dtype=np.int64)
+    lengths = run_token_counts(counts, window_size, stride)
+    run_offsets = np.cumsum(lengths) - lengths
+    return np.repeat(run_offsets, counts) + stride * _index_within(counts)
+
+
+def chunk_documents(
+    doc_ids: np.ndarray, doc_starts: np.ndarray, span: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The documents (ids, global starts) that overlap the global token span [start, end): all
+    that `locate` needs for the windows of that span."""
+    first = max(int(np.searchsorted(doc_starts, span[0], side="right")) - 1, 0)
+    stop = int(np.searchsorted(doc_starts, span[1], side="left"))
+    return doc_ids[first:stop], doc_starts[first:stop]
 
 
 def routing_keys(hashes: np.ndarray, n: int) -> np.ndarray | None:

@@ -2,16 +2,19 @@
 
     spark-submit spark_jobs/steps/window.py --config configs/local.yaml
 
-reads `<run>/preprocess/tokens/` and writes `<run>/window/{train,val}/` (Parquet: doc_id,
-start, ids of length window_size + 1) and `data_distribution.json`.
+reads `<run>/preprocess/tokens/` and writes `<run>/window/{train,val}/` (Parquet token chunks
+and the rule that cuts them into windows: `spark_jobs.data.window_chunks`) and
+`data_distribution.json`.
 
 The driver collects only segment lengths and plans the output partitions with
 `spark_jobs.data.windows`; one shuffle then sends every token segment to the partition(s) that
-need it, and each partition cuts its windows in Arrow batches. `collect_list` over the
-stream would put it all in one partition; this never does. Output partition p holds
-windows [p * total // n, (p + 1) * total // n) of the stream order (n = ceil(total /
-spark.target_partition_size)), one Parquet file each, so a re-run writes the same rows in
-the same order; data_distribution.json reads the per-file row counts back from the footers.
+need it, and each partition lays its segments end to end and keeps the tokens its windows
+read as one chunk row. `collect_list` over the stream would put it all in one partition; this
+never does. Output partition p defines windows [p * total // n, (p + 1) * total // n) of the
+stream order (n = ceil(total / spark.target_partition_size)), one Parquet file each, so a
+re-run writes the same files; data_distribution.json reads the windows of each file back
+from its run_counts. No window is materialized: training cuts them on the fly
+(`spark_jobs.data.loader`), so the output is about the size of the token stream at any stride.
 
 A stride larger than window_size + 1 is allowed (the tokens between two windows are in
 none of them) and logged as a warning: it is a way to subsample a large corpus.
@@ -33,14 +36,14 @@ from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.common.spark_session import get_spark
-from spark_jobs.data import parquet_files
+from spark_jobs.data import parquet_files, window_chunks
 from spark_jobs.data.windows import (
     SPLITS,
     Run,
     assign_segments,
-    cut_windows,
+    chunk_documents,
+    chunk_tokens,
     document_ranges,
-    locate,
     partition_stats,
     plan_partitions,
     routing_keys,
@@ -51,7 +54,6 @@ from spark_jobs.data.windows import (
     token_span,
     validation_starts,
     window_runs,
-    window_starts,
 )
 from spark_jobs.reporting.spark_metrics import record_step_metrics
 from spark_jobs.steps.entrypoint import run_step_main
@@ -62,7 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("doc_id", "seq", "ids")
-WINDOW_SCHEMA = "doc_id int, start long, ids array<int>"
 
 
 def run(config: PipelineConfig, **_: Any) -> dict:
@@ -103,24 +104,26 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         "split_by": config.data.split_by,
         "valid_split": config.training.valid_split,
         "chars_per_token": chars_per_token,
+        "format": window_chunks.FORMAT,
     }
     made_from = lineage.current_outputs(config.run.root, config.run.id, ("preprocess",))
     window_dir = storage.step_dir(config.run.root, config.run.id, "window")
     with storage.step_output(window_dir, made_from=made_from) as out:
         for split in SPLITS:
             plan = plans[split]
-            windows = _windows(spark, tokens, segments, docs, plan, keys[len(plan)], window_size, stride)
+            chunks = _chunks(spark, tokens, segments, docs, plan, keys[len(plan)], window_size, stride)
             split_uri = storage.join(out, split)
-            windows.write.option("compression", "zstd").parquet(storage.spark_path(split_uri))
-            rows = _rows_per_file(split_uri)
-            planned = sum(run.count for runs in plan for run in runs)
-            if sum(rows) != planned:
-                raise RuntimeError(f"{split}: wrote {sum(rows)} windows, planned {planned}")
+            chunks.write.option("compression", "zstd").parquet(storage.spark_path(split_uri))
+            rows = list(window_chunks.windows_per_file(split_uri).values())  # windows per partition
+            planned = [sum(run.count for run in runs) for runs in plan]
+            if rows != planned:
+                raise RuntimeError(f"{split}: wrote {rows} windows per file, planned {planned}")
             distribution[split] = {
-                "windows": planned,
+                "windows": sum(planned),
                 "tokens": sum(end - start for start, end in ranges[split]),
                 "chars": recorded_split["chars"][split],  # the text's characters, from preprocess
                 **partition_stats(rows),
+                "bytes": _parquet_bytes(split_uri),
             }
         finite_json.write(storage.join(out, "data_distribution.json"), distribution)
         # Timing lives apart from data_distribution.json, which is identical across re-runs.
@@ -215,10 +218,10 @@ def _no_windows_message(split: str, ranges: list[tuple[int, int]], config: Pipel
     )
 
 
-# --- building one split's windows -----------------------------------------------------
+# --- building one split's chunks ------------------------------------------------------
 
 
-def _windows(
+def _chunks(
     spark: SparkSession,
     tokens: DataFrame,
     segments: dict[str, np.ndarray],
@@ -228,7 +231,7 @@ def _windows(
     window_size: int,
     stride: int,
 ) -> DataFrame:
-    """The windows of one split, in len(plan) partitions that follow the stream's order."""
+    """One split as len(plan) chunk rows, one per partition, following the stream's order."""
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -260,29 +263,26 @@ def _windows(
         plan, doc_ids, doc_starts = shared.value
         parts = table.column("part").to_numpy()
         for p in np.unique(parts):
-            starts = window_starts(plan[p], stride)
-            windows = _cut_from_segments(table.filter(pa.array(parts == p)), starts, window_size)
-            doc, start = locate(starts, doc_ids, doc_starts)
-            yield _window_batch(doc, start, windows)
+            runs = plan[p]
+            base, stream = _stream_from_segments(table.filter(pa.array(parts == p)))
+            ids = chunk_tokens(stream, base, runs, window_size, stride)
+            span = token_span(runs, window_size, stride)
+            chunk_doc_ids, chunk_doc_starts = chunk_documents(doc_ids, doc_starts, span)
+            yield window_chunks.chunk_batch(
+                int(p), window_size, stride, ids, runs, chunk_doc_ids, chunk_doc_starts
+            )
 
-    return routed.mapInArrow(cut, WINDOW_SCHEMA)
+    return routed.mapInArrow(cut, window_chunks.CHUNK_DDL)
 
 
-def _cut_from_segments(segments: pa.Table, starts: np.ndarray, window_size: int) -> np.ndarray:
-    """Lay a partition's segments (offset, ids; any order) end to end and cut the windows."""
+def _stream_from_segments(segments: pa.Table) -> tuple[int, np.ndarray]:
+    """Lay a partition's segments (offset, ids; any order) end to end: (global base, tokens)."""
     offsets = segments.column("offset").to_numpy()
     ids = segments.column("ids").combine_chunks()
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
     order = stream_order(offsets, lengths)
     stream = ids.take(pa.array(order)).flatten().to_numpy(zero_copy_only=False)
-    return cut_windows(stream, int(offsets[order[0]]), starts, window_size)
-
-
-def _window_batch(doc: np.ndarray, start: np.ndarray, windows: np.ndarray) -> pa.RecordBatch:
-    width = windows.shape[1]
-    list_offsets = pa.array(np.arange(0, len(windows) * width + 1, width, dtype=np.int32))
-    ids = pa.ListArray.from_arrays(list_offsets, pa.array(windows.ravel()))
-    return pa.RecordBatch.from_arrays([pa.array(doc), pa.array(start), ids], names=["doc_id", "start", "ids"])
+    return int(offsets[order[0]]), stream
 
 
 def partition_keys(spark: SparkSession, counts: list[int]) -> dict[int, np.ndarray]:
@@ -304,9 +304,13 @@ def partition_keys(spark: SparkSession, counts: list[int]) -> dict[int, np.ndarr
         candidates *= 4
 
 
-def _rows_per_file(split_uri: str) -> list[int]:
-    """Rows of each Parquet file of a split, in file-name (= partition) order."""
-    return list(parquet_files.rows_per_file(split_uri).values())
+def _parquet_bytes(split_uri: str) -> int:
+    """The bytes of a split's Parquet files (what training reads)."""
+    total = 0
+    for uri in parquet_files.data_files(split_uri):
+        fs, path = storage.filesystem(uri)
+        total += fs.get_file_info(path).size or 0
+    return total
 
 
 if __name__ == "__main__":

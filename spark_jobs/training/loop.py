@@ -25,7 +25,7 @@ from torch import nn
 
 from spark_jobs.common.config import PipelineConfig, TrainingConfig
 from spark_jobs.common.errors import InputError
-from spark_jobs.data.loader import batch_order, load_windows
+from spark_jobs.data.loader import WindowSet, batch_order, load_windows
 from spark_jobs.reporting.train_metrics import gradient_stats, system_metrics
 from spark_jobs.training.evaluation import all_reduce_sum
 from spark_jobs.training.inputs import TrainInputs, TrainResult
@@ -124,7 +124,7 @@ def run_training(run: TrainingRun, train_steps: TrainSteps, steps_per_call: int 
     return run.result()
 
 
-def local_train_steps(run: TrainingRun, train_windows: torch.Tensor, net: nn.Module) -> TrainSteps:
+def local_train_steps(run: TrainingRun, train_windows: WindowSet, net: nn.Module) -> TrainSteps:
     """One step per call in this process: `single`, or one DDP rank (`net` wraps the model in DDP,
     which averages the gradients across ranks in backward)."""
     cfg, model, optimizer = run.cfg, run.model, run.optimizer

@@ -14,14 +14,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from spark_jobs.common.config import PipelineConfig, apply_overrides, validate_config
 from spark_jobs.data.tokenizer import train_tokenizer
+from spark_jobs.data.window_chunks import write_stream_split
 
 WINDOW = 16
 EMBEDDING = 32
@@ -30,20 +29,8 @@ BASE_RUN = "base"
 
 
 def _write_windows(split_dir: Path, stream: np.ndarray, base: int, files: int = 2) -> int:
-    starts = np.arange(0, len(stream) - WINDOW, STRIDE)
-    windows = np.stack([stream[s : s + WINDOW + 1] for s in starts]).astype(np.int32)
-    split_dir.mkdir(parents=True)
-    # several files, written out of order: readers must not depend on file order
-    for part, rows in reversed(list(enumerate(np.array_split(np.arange(len(starts)), files)))):
-        table = pa.table(
-            {
-                "doc_id": pa.array(np.zeros(len(rows), dtype=np.int32)),
-                "start": pa.array((starts[rows] + base).astype(np.int64)),
-                "ids": pa.array([w.tolist() for w in windows[rows]], type=pa.list_(pa.int32())),
-            }
-        )
-        pq.write_table(table, split_dir / f"part-{part:05d}.parquet")
-    return len(starts)
+    # several files, named against the stream's order: readers must not depend on file order
+    return write_stream_split(str(split_dir), stream, base, WINDOW, STRIDE, files)
 
 
 def build_run(run_dir: Path, text: str, vocab_size: int = 300) -> None:
@@ -78,6 +65,7 @@ def build_run(run_dir: Path, text: str, vocab_size: int = 300) -> None:
         "window_size": WINDOW,
         "stride": STRIDE,
         "chars_per_token": chars_per_token,
+        "format": "token-chunks-v1",
         **{split: {"windows": n} for split, n in counts.items()},
     }
     (window / "data_distribution.json").write_text(json.dumps(distribution))

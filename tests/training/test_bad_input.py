@@ -6,11 +6,14 @@ import json
 import logging
 import shutil
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from spark_jobs.common.config import load_config
 from spark_jobs.common.errors import ConfigError, InputError, TrainingError
+from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.steps import train
 
 
@@ -175,7 +178,7 @@ def test_windows_that_disagree_with_the_recorded_count_are_refused(new_run, tiny
     window = root / "runs" / run_id / "window"
     recorded = json.loads((window / "data_distribution.json").read_text())["val"]["windows"]
     lost = sorted((window / "val").glob("*.parquet"))[0]
-    lost_rows = pq.ParquetFile(lost).metadata.num_rows
+    lost_rows = sum(pq.read_table(lost).column("run_counts").to_pylist()[0])  # the windows it defines
     lost.unlink()
     with pytest.raises(
         InputError,
@@ -183,6 +186,42 @@ def test_windows_that_disagree_with_the_recorded_count_are_refused(new_run, tiny
         rf"recorded {recorded} in {window}/data_distribution.json; re-run the window step$",
     ):
         train.run(tiny_config(root, run_id))
+    _assert_nothing_committed(root, run_id)
+
+
+def test_a_chunk_shorter_than_its_windows_is_named(new_run, tiny_config):
+    root, run_id = new_run()
+    part = sorted((root / "runs" / run_id / "window" / "train").glob("*.parquet"))[0]
+    table = pq.read_table(part)
+    ids = table.column("ids").to_pylist()[0]
+    pq.write_table(table.set_column(3, "ids", pa.array([ids[:-5]], pa.list_(pa.int32()))), part)
+    with pytest.raises(InputError) as info:
+        train.run(tiny_config(root, run_id))
+    message = str(info.value)
+    assert message.startswith(f"{part}: part ") and f"holds {len(ids) - 5} tokens but its" in message
+    assert "re-run the window step" in message and "\n" not in message
+    _assert_nothing_committed(root, run_id)
+
+
+def test_windows_in_the_old_one_row_per_window_format_are_refused(new_run, tiny_config):
+    root, run_id = new_run()
+    folder = root / "runs" / run_id / "window" / "val"
+    for part in folder.glob("*.parquet"):
+        part.unlink()
+    old = pa.table(
+        {
+            "doc_id": pa.array([0], pa.int32()),
+            "start": pa.array([0], pa.int64()),
+            "ids": pa.array([list(range(17))], pa.list_(pa.int32())),
+        }
+    )
+    pq.write_table(old, folder / "part-00000.parquet")
+    with pytest.raises(InputError) as info:
+        train.run(tiny_config(root, run_id))
+    assert str(info.value) == (
+        f"{folder / 'part-00000.parquet'}: windows from an older version of the window step; "
+        "re-run the window step"
+    )
     _assert_nothing_committed(root, run_id)
 
 
@@ -232,9 +271,9 @@ def test_ddp_needs_a_validation_window_for_every_rank(new_run, tiny_config):
     root, run_id = new_run()
     window = root / "runs" / run_id / "window"
     parts = sorted((window / "val").glob("*.parquet"))
-    pq.write_table(pq.read_table(parts[0]).slice(0, 1), parts[0])
-    for part in parts[1:]:
+    for part in parts:
         part.unlink()
+    write_stream_split(str(window / "val"), np.arange(17, dtype=np.int32), 0, 16, 4, files=1)  # one window
     distribution = json.loads((window / "data_distribution.json").read_text())
     distribution["val"]["windows"] = 1
     (window / "data_distribution.json").write_text(json.dumps(distribution))

@@ -11,13 +11,13 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import InputError, TrainingError
+from spark_jobs.data.loader import count_windows
+from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.training import averaging, checkpoints
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import parameter_averaging, single
@@ -139,19 +139,7 @@ def window_dir(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> 
     split = int(len(ids) * 0.9)
     root = tmp_path_factory.mktemp("pa-run") / "window"
     for name, stream, offset in (("train", ids[:split], 0), ("val", ids[split:], split)):
-        starts = np.arange(0, len(stream) - WINDOW, 4)
-        windows = np.stack([stream[s : s + WINDOW + 1] for s in starts])
-        table = pa.table(
-            {
-                "doc_id": pa.array(np.zeros(len(starts), dtype=np.int32)),
-                "start": pa.array((starts + offset).astype(np.int64)),
-                "ids": pa.array(list(windows), type=pa.list_(pa.int32())),
-            }
-        )
-        (root / name).mkdir(parents=True)
-        half = len(starts) // 2  # two files, as Spark would write them
-        pq.write_table(table.slice(half), root / name / "part-00001.parquet")
-        pq.write_table(table.slice(0, half), root / name / "part-00000.parquet")
+        write_stream_split(str(root / name), stream, offset, WINDOW, 4, files=2)  # two files, as Spark would
     (root / "_SUCCESS").write_text("")
     return root
 
@@ -185,10 +173,7 @@ def _config(kind: str, tmp: Path, **training: object) -> PipelineConfig:
 
 
 def _inputs(window_dir: Path, run: Path, kind: str) -> TrainInputs:
-    num = {
-        s: sum(pq.read_metadata(f).num_rows for f in (window_dir / s).glob("*.parquet"))
-        for s in ("train", "val")
-    }
+    num = {s: count_windows(str(window_dir), s) for s in ("train", "val")}
     embeddings = (
         torch.randn(VOCAB, EMBEDDING, generator=torch.Generator().manual_seed(3)) if kind == "mlp" else None
     )

@@ -59,14 +59,19 @@ def test_batch_order_is_seeded_per_epoch_and_drops_the_partial_batch():
 
 def test_shards_interleave_disjointly_and_in_a_stable_order(run_root):
     window_dir = str(run_root / "runs" / "base" / "window")
-    everything = load_windows(window_dir, "train")
+    everything = load_windows(window_dir, "train")[:]
     assert everything.dtype == torch.int64 and everything.shape[1] == 17
     # consecutive windows overlap by W+1-stride tokens: the rows come back in stream order
     assert torch.equal(everything[1:, : 17 - 4], everything[:-1, 4:])
     shards = [load_windows(window_dir, "train", shard=r, num_shards=2) for r in range(2)]
     assert len(shards[0]) == len(shards[1]) == len(everything) // 2
-    assert torch.equal(shards[0], everything[0 : 2 * len(shards[0]) : 2])
-    assert torch.equal(shards[1], everything[1 : 2 * len(shards[1]) : 2])
+    assert torch.equal(shards[0][:], everything[0 : 2 * len(shards[0]) : 2])
+    assert torch.equal(shards[1][:], everything[1 : 2 * len(shards[1]) : 2])
+    # a batch of rows is those windows, whatever the index type; columns can be cut too
+    rows = torch.tensor([5, 0, 3])
+    assert torch.equal(shards[1][rows], everything[[11, 1, 7]])
+    assert torch.equal(shards[1][rows.numpy()], everything[[11, 1, 7]])
+    assert torch.equal(shards[1][:, 2:5], everything[1 : 2 * len(shards[1]) : 2, 2:5])
 
 
 def test_bits_per_char_converts_nats_per_token():

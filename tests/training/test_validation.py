@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import math
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 
+from spark_jobs.data.loader import load_windows_with_positions
 from spark_jobs.models.artifact import load_model
 from spark_jobs.reporting.train_metrics import read_steps
 from spark_jobs.steps import train
 
 
 def _val_windows(run_dir):
-    table = pq.read_table(str(run_dir / "window" / "val"))
-    columns = (table.column(name).to_pylist() for name in ("doc_id", "start", "ids"))
-    return sorted(zip(*columns, strict=True))
+    windows, doc_ids, starts = load_windows_with_positions(str(run_dir / "window"), "val")
+    return sorted(zip(doc_ids.tolist(), starts.tolist(), windows[:].tolist(), strict=True))
 
 
 def test_gpt_figures_score_every_validation_target_once_over_real_characters(new_run, tiny_config):

@@ -44,7 +44,7 @@ from torch import nn
 
 from spark_jobs.common.config import PipelineConfig, TrainingConfig
 from spark_jobs.common.errors import InputError
-from spark_jobs.data.loader import batch_order, load_windows
+from spark_jobs.data.loader import WindowSet, batch_order, load_windows
 from spark_jobs.models import DecoderModel, build_model
 from spark_jobs.reporting.spark_metrics import spark_metrics_or_none
 from spark_jobs.reporting.train_metrics import gradient_stats, system_metrics
@@ -61,12 +61,12 @@ log = logging.getLogger(__name__)
 
 # Per Python worker process: the decoded shard, the model and the optimizer of the current
 # job, so later rounds neither re-read Parquet nor rebuild the model.
-_WORKER_CACHE: dict[tuple[str, int], tuple[torch.Tensor, DecoderModel, torch.optim.Optimizer]] = {}
+_WORKER_CACHE: dict[tuple[str, int], tuple[WindowSet, DecoderModel, torch.optim.Optimizer]] = {}
 
 
 def _worker_state(
     job: dict, job_key: str, shard: int
-) -> tuple[torch.Tensor, DecoderModel, torch.optim.Optimizer]:
+) -> tuple[WindowSet, DecoderModel, torch.optim.Optimizer]:
     key = (job_key, shard)
     if key not in _WORKER_CACHE:
         for old in [k for k in _WORKER_CACHE if k[0] != job_key]:  # an earlier run's leftovers
