@@ -34,8 +34,9 @@ from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig, dump_config
 from spark_jobs.common.errors import InputError, TrainingError
 from spark_jobs.data.embeddings import read_table
-from spark_jobs.data.loader import count_windows, load_windows_with_positions
+from spark_jobs.data.loader import count_windows
 from spark_jobs.data.tokenizer import load_tokenizer
+from spark_jobs.data.validation_text import validation_ranges
 from spark_jobs.reporting.spark_metrics import write_spark_metrics
 from spark_jobs.reporting.summary import summary_record
 from spark_jobs.reporting.train_metrics import write_run_summary
@@ -46,6 +47,7 @@ from spark_jobs.training.evaluation import (
     first_scores,
     score_full_split,
     scored_target_ids,
+    scoring_windows,
 )
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
@@ -187,17 +189,21 @@ def evaluation_fingerprint(config: PipelineConfig, inputs: TrainInputs, val_char
     }
 
 
-def validate_full_split(model, window_dir: str, tokenizer_uri: str, config: PipelineConfig) -> dict[str, Any]:
-    """The trained model on the whole validation split, every target scored once (in this process,
-    whatever the strategy); bits per character over the characters the scored targets decode to."""
+def validate_full_split(
+    model, preprocess_dir: str, tokenizer_uri: str, config: PipelineConfig
+) -> dict[str, Any]:
+    """The trained model on the whole validation text, every token it can predict scored once
+    (in this process, whatever the strategy and the window step's stride); bits per character
+    over the characters the scored targets decode to."""
     started = time.perf_counter()
-    windows, doc_ids, starts = load_windows_with_positions(window_dir, "val")
-    mask = first_scores(doc_ids, starts, model.target_offsets)
+    ranges = validation_ranges(preprocess_dir, config.data.split_by)
+    windows, which, starts = scoring_windows(ranges, config.model.window_size, model.target_offsets)
+    mask = first_scores(which, starts, model.target_offsets)
     score = score_full_split(model, windows, mask, batch_size=max(config.training.batch_size, 64))
     tokenizer = Tokenizer.from_str(storage.read_text(tokenizer_uri))
     chars = sum(
         len(tokenizer.decode(ids, skip_special_tokens=False))
-        for ids in scored_target_ids(windows, mask, doc_ids, model.target_offsets)
+        for ids in scored_target_ids(windows, mask, which, model.target_offsets)
     )
     figures = score.figures(model.has_likelihood, chars)
     if not math.isfinite(figures["val_loss"]):
@@ -237,10 +243,9 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
     model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
     model.load_state_dict(final.model_state)
     model.eval()
-    tokenizer_uri = storage.join(
-        storage.step_dir(config.run.root, config.run.id, "preprocess"), "tokenizer.json"
-    )
-    validation = validate_full_split(model, inputs.window_dir, tokenizer_uri, config)
+    preprocess_dir = storage.step_dir(config.run.root, config.run.id, "preprocess")
+    tokenizer_uri = storage.join(preprocess_dir, "tokenizer.json")
+    validation = validate_full_split(model, preprocess_dir, tokenizer_uri, config)
 
     wall_s = time.perf_counter() - began
     # The figures are the run-summary contract's (spark_jobs.reporting.summary); the rest is train's own.

@@ -2,8 +2,9 @@
 
 Building it with the real Spark steps costs minutes on a loaded 2-core machine, so the
 fixture writes the same files directly (the contract in docs/architecture.md): the real BPE
-tokenizer trained on the first 40 kB of Tiny Shakespeare, random embeddings, windows of
-W+1 = 17 ids with stride 4, train = the first 90 % of the token stream, val = the rest.
+tokenizer trained on the first 40 kB of Tiny Shakespeare, random embeddings, tokens/ as two
+segments (train = the first 90 % of the token stream, val = the rest) with split.json, and
+windows of W+1 = 17 ids with stride 4 over each.
 Each test copies it under a fresh run id, so checkpoints never leak between tests.
 """
 
@@ -14,6 +15,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -54,9 +57,27 @@ def build_run(run_dir: Path, text: str, vocab_size: int = 300) -> None:
         "chars_per_token": chars_per_token,
     }
     (preprocess / "stats.json").write_text(json.dumps(stats))
+    cut = int(len(ids) * 0.9)
+    # tokens/ as two segments, training and validation, and split.json saying where that is
+    (preprocess / "tokens").mkdir()
+    segments = pa.table(
+        {
+            "doc_id": pa.array([0, 0], pa.int32()),
+            "seq": pa.array([0, 1], pa.int64()),
+            "ids": pa.array([ids[:cut].tolist(), ids[cut:].tolist()], pa.list_(pa.int32())),
+        }
+    )
+    pq.write_table(segments, preprocess / "tokens" / "part-00000.parquet")
+    val_chars = len(tokenizer.decode(ids[cut:].tolist(), skip_special_tokens=False))
+    split = {
+        "split_by": "document",
+        "valid_split": 0.1,
+        "val_first_segment": {"0": 1},
+        "chars": {"train": len(text) - val_chars, "val": val_chars},
+    }
+    (preprocess / "split.json").write_text(json.dumps(split))
     (preprocess / "_SUCCESS").write_text("")
 
-    cut = int(len(ids) * 0.9)
     counts = {
         "train": _write_windows(window / "train", ids[:cut], 0),
         "val": _write_windows(window / "val", ids[cut:], cut),

@@ -4,45 +4,48 @@ from __future__ import annotations
 
 import math
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spark_jobs.data.loader import load_windows_with_positions
 from spark_jobs.models.artifact import load_model
 from spark_jobs.reporting.train_metrics import read_steps
 from spark_jobs.steps import train
 
 
-def _val_windows(run_dir):
-    windows, doc_ids, starts = load_windows_with_positions(str(run_dir / "window"), "val")
-    return sorted(zip(doc_ids.tolist(), starts.tolist(), windows[:].tolist(), strict=True))
+def _val_tokens(run_dir) -> list[int]:
+    """The validation text's tokens, as the fixture wrote them (the second segment)."""
+    table = pq.read_table(run_dir / "preprocess" / "tokens").sort_by("seq")
+    return table.column("ids")[1].as_py()
 
 
-def test_gpt_figures_score_every_validation_target_once_over_real_characters(new_run, tiny_config):
+def test_gpt_figures_score_every_validation_token_once_over_real_characters(new_run, tiny_config):
     root, run_id = new_run()
     summary = train.run(tiny_config(root, run_id, "training.max_steps=12"))
     run_dir = root / "runs" / run_id
     model, tokenizer, _ = load_model(str(run_dir / "train" / "model"))
+    val = _val_tokens(run_dir)
+    width = model.window_size + 1
 
-    # Independently: walk the windows, score each absolute target position the first time it is seen.
-    nats, right, seen, stream = 0.0, 0, set(), {}
+    # Independently: windows every W tokens and one ending at the text's end; each position
+    # is scored by the first window that predicts it.
+    starts = list(range(0, len(val) - width + 1, model.window_size)) + [len(val) - width]
+    nats, right, seen = 0.0, 0, set()
     with torch.no_grad():
-        for doc, start, ids in _val_windows(run_dir):
-            window = torch.tensor([ids])
-            log_probs = F.log_softmax(model.logits(window[:, :-1]), dim=-1)[0]
-            for offset in range(1, len(ids)):
-                position = (doc, start + offset)
-                if position in seen:
+        for start in starts:
+            ids = val[start : start + width]
+            log_probs = F.log_softmax(model.logits(torch.tensor([ids[:-1]])), dim=-1)[0]
+            for offset in range(1, width):
+                if start + offset in seen:
                     continue
-                seen.add(position)
-                stream[position] = ids[offset]
+                seen.add(start + offset)
                 nats -= float(log_probs[offset - 1, ids[offset]])
                 right += int(log_probs[offset - 1].argmax() == ids[offset])
-    targets = [stream[p] for p in sorted(stream)]
-    chars = len(tokenizer.decode(targets, skip_special_tokens=False))
+    assert seen == set(range(1, len(val)))  # every token but the first, the last ones included
+    chars = len(tokenizer.decode(val[1:], skip_special_tokens=False))
 
-    assert summary["val_targets_scored"] == len(seen) and summary["val_chars_scored"] == chars
+    assert summary["val_targets_scored"] == len(val) - 1 and summary["val_chars_scored"] == chars
     assert summary["val_loss"] == pytest.approx(nats / len(seen), rel=1e-5)
     assert summary["val_bits_per_char"] == pytest.approx(nats / math.log(2) / chars, rel=1e-5)
     assert summary["val_accuracy"] == pytest.approx(right / len(seen), rel=1e-9)
@@ -53,10 +56,11 @@ def test_gpt_figures_score_every_validation_target_once_over_real_characters(new
     assert summary["val_loss_sampled"] == evals[-1]["val_loss"]
 
 
-def test_mlp_figures_score_each_validation_window_once_at_its_last_position(new_run, tiny_config):
+def test_mlp_figures_score_every_validation_token_after_the_first_window(new_run, tiny_config):
     root, run_id = new_run()
     summary = train.run(tiny_config(root, run_id, "model.kind=mlp", "training.max_steps=6"))
-    windows = _val_windows(root / "runs" / run_id)
-    # stride 4 < window 16: every window's last target is new, so each window counts once
-    assert summary["val_targets_scored"] == len(windows) == summary["val_windows"]
+    val = _val_tokens(root / "runs" / run_id)
+    # the mlp predicts from exactly W tokens: every token from the (W+1)-th on, once, whatever
+    # the window step's stride (4 here)
+    assert summary["val_targets_scored"] == len(val) - 16
     assert summary["val_bits_per_char"] is None and "nearest neighbour" in summary["val_accuracy_kind"]
