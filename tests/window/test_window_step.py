@@ -319,12 +319,12 @@ def expected_windows(preprocess_dir: str, window_size: int, stride: int, split_b
 
 @pytest.fixture(scope="module")
 def bundled_preprocess(tmp_path_factory: pytest.TempPathFactory, corpus_path: Path):
-    """The first ~60 kB of data/tinyshakespeare.txt as three documents, preprocessed once per
+    """The first ~30 kB of data/tinyshakespeare.txt as three documents, preprocessed once per
     split_by; returns make(split_by, window_size, stride) -> (window dir, preprocess dir)."""
     from spark_jobs.common.config import validate_config
     from spark_jobs.steps import preprocess
 
-    text = corpus_path.read_text(encoding="utf-8")[:60_000]
+    text = corpus_path.read_text(encoding="utf-8")[:30_000]
     corpus = tmp_path_factory.mktemp("bundled")
     scenes = text.split("\n\n")
     for i, part in enumerate(np.array_split(np.arange(len(scenes)), 3)):
@@ -334,7 +334,7 @@ def bundled_preprocess(tmp_path_factory: pytest.TempPathFactory, corpus_path: Pa
     def config(run_id: str, split_by: str, window_size: int = 16, stride: int = 1):
         return validate_config(
             {
-                "spark": {"master": "local[2]", "target_partition_size": 400},
+                "spark": {"master": "local[2]", "target_partition_size": 1000},
                 "model": {"window_size": window_size, "embedding_size": 16},
                 "data": {
                     "corpus_path": str(corpus),
@@ -362,6 +362,7 @@ def bundled_preprocess(tmp_path_factory: pytest.TempPathFactory, corpus_path: Pa
     return make
 
 
+@pytest.mark.slow  # two preprocess runs: ~1 min in all on 2 idle cores
 @pytest.mark.parametrize(
     ("split_by", "stride"), [("document", 1), ("document", 5), ("stream", 1), ("stream", 5)]
 )
@@ -372,12 +373,12 @@ def test_bundled_corpus_windows_are_exactly_the_sliding_windows_of_the_tokens(
     windows_dir, preprocess_dir = bundled_preprocess(split_by, window_size, stride)
     expected = expected_windows(preprocess_dir, window_size, stride, split_by)
     distribution = json.loads(Path(windows_dir, "data_distribution.json").read_text())
+    assert distribution["train"]["partitions"] > 1  # windows cut across chunk boundaries too
     for split, (doc_ids, positions, ids) in expected.items():
         windows, doc_got, positions_got = load_windows_with_positions(windows_dir, split)
         assert len(windows) == len(ids) == distribution[split]["windows"] == count_windows(windows_dir, split)
         assert np.array_equal(doc_got, doc_ids) and np.array_equal(positions_got, positions)
         assert windows[:].dtype == torch.int64 and np.array_equal(windows[:].numpy(), ids)
-        assert distribution[split]["partitions"] > 1  # windows cut across chunk boundaries too
         # every rank's shard, together, is the whole split in the same order
         shards = [load_windows(windows_dir, split, r, 3) for r in range(3)]
         per_shard = len(ids) // 3
