@@ -13,7 +13,7 @@ Prints JSON with, all measured in this one run:
 - FLOP utilisation = model.flops_per_sample() x samples/s / matmul peak at the same threads.
 
 The data are byte-level windows (vocab 256) of Tiny Shakespeare in the window step's
-Parquet format, so no preprocessing runs here. The model is configs/local.yaml's gpt.
+format (token chunks), so no preprocessing runs here. The model is configs/local.yaml's gpt.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 
 from spark_jobs.common.config import PipelineConfig
+from spark_jobs.data.loader import count_windows
+from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.models import build_model
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.optim import make_optimizer
@@ -56,23 +56,13 @@ def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
 
 
 def write_windows(root: Path, chars: int) -> Path:
-    """window/train and window/val (last 10 %) Parquet of byte ids, stride 8."""
+    """window/train and window/val (last 10 %) of byte ids, stride 8, in the window step's format."""
     text = (REPO / "data" / "tinyshakespeare.txt").read_bytes()[:chars]
     ids = np.frombuffer(text, dtype=np.uint8).astype(np.int32)
     split = int(len(ids) * 0.9)
     window_dir = root / "window"
     for name, stream, offset in (("train", ids[:split], 0), ("val", ids[split:], split)):
-        starts = np.arange(0, len(stream) - WINDOW, 8)
-        windows = np.lib.stride_tricks.sliding_window_view(stream, WINDOW + 1)[starts]
-        table = pa.table(
-            {
-                "doc_id": pa.array(np.zeros(len(starts), dtype=np.int32)),
-                "start": pa.array((starts + offset).astype(np.int64)),
-                "ids": pa.array(list(windows), type=pa.list_(pa.int32())),
-            }
-        )
-        (window_dir / name).mkdir(parents=True)
-        pq.write_table(table, window_dir / name / "part-00000.parquet")
+        write_stream_split(str(window_dir / name), stream, offset, WINDOW, 8, files=1)
     return window_dir
 
 
@@ -101,7 +91,7 @@ def make_config(kind: str, root: Path, run_id: str, **training: object) -> Pipel
 
 
 def make_inputs(window_dir: Path, run: Path, kind: str) -> TrainInputs:
-    rows = {s: pq.read_metadata(window_dir / s / "part-00000.parquet").num_rows for s in ("train", "val")}
+    rows = {s: count_windows(str(window_dir), s) for s in ("train", "val")}
     return TrainInputs(
         run_uri=str(run),
         window_dir=str(window_dir),

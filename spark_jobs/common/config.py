@@ -119,7 +119,11 @@ class TrainingConfig(_Section):
     # Parameter averaging (DL4J-style): minibatches per worker between two averagings.
     averaging_frequency: int = Field(5, gt=0)
     average_optimizer_state: bool = True
-    # ddp: run torchrun on the driver (True) or as barrier tasks on executors (False).
+    # How a round averages: an all-reduce among ranks launched like ddp's (milliseconds), or one
+    # Spark job per round, broadcast and collected by the driver (~0.3 s each, the seed's way).
+    averaging_via: Literal["allreduce", "spark"] = "allreduce"
+    # ddp (and parameter_averaging via allreduce): run torchrun on the driver (True) or as
+    # barrier tasks on executors (False).
     ddp_local_mode: bool = True
     # ddp: how long a rank waits for the others (joining, every gradient exchange) before the
     # step fails; gloo's own default of 30 minutes would leave a run hanging on a lost rank.

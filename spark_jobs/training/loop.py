@@ -27,6 +27,7 @@ from spark_jobs.common.config import PipelineConfig, TrainingConfig
 from spark_jobs.common.errors import InputError
 from spark_jobs.data.loader import WindowSet, batch_order, load_windows
 from spark_jobs.reporting.train_metrics import gradient_stats, system_metrics
+from spark_jobs.training.collective_averaging import AveragingRounds
 from spark_jobs.training.evaluation import all_reduce_sum
 from spark_jobs.training.inputs import TrainInputs, TrainResult
 from spark_jobs.training.optim import learning_rate_at, set_learning_rate
@@ -198,8 +199,9 @@ def train_in_process(
     world_size: int = 1,
     task_cpus: int | None = None,
 ) -> TrainResult:
-    """Train in this process: the whole of `single`, or one rank of `ddp` on its shard of the windows
-    (`task_cpus`: the cores of the Spark task a barrier-mode rank runs for; see `set_threads`)."""
+    """Train in this process: the whole of `single`, or one rank of `ddp` or of `parameter_averaging`
+    (by all-reduce) on its shard of the windows (`task_cpus`: the cores of the Spark task a
+    barrier-mode rank runs for; see `set_threads`)."""
     cfg = config.training
     set_threads(cfg.num_threads, world_size, task_cpus)
     train_windows = load_windows(inputs.window_dir, "train", rank, world_size)
@@ -215,6 +217,22 @@ def train_in_process(
         world_size=world_size,
     )
     run.resume(resume)
+    if cfg.strategy == "parameter_averaging":
+        # rounds of averaging_frequency local steps on this rank's model alone, then the average
+        rounds = AveragingRounds(
+            local_train_steps(run, train_windows, run.model),
+            run.model,
+            run.optimizer,
+            world_size,
+            cfg.average_optimizer_state,
+        )
+        result = run_training(run, rounds, steps_per_call=cfg.averaging_frequency)
+        spent = rounds.averaging_seconds
+        return {
+            **result,
+            "rounds": len(spent),
+            "round_overhead_s": sum(spent) / len(spent) if spent else None,
+        }
     # broadcast_buffers=False: the only buffers are the mlp's frozen embedding table and its
     # positions, identical on every rank; re-sending them before every forward is wasted work.
     net = (

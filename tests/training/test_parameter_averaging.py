@@ -337,3 +337,31 @@ def test_two_workers_k_steps_equal_an_in_process_average(spark, window_dir: Path
     assert len(train["worker_rss_mb"]) == 2 and min(train["worker_rss_mb"]) > 50
     assert train["rss_mb"] == max(train["worker_rss_mb"]) and train["driver_rss_mb"] > 50
     assert len(train["worker_cpu_percent"]) == 2
+
+
+def test_allreduce_rounds_give_the_spark_rounds_model(spark, window_dir: Path, tmp_path: Path) -> None:
+    """The same rounds by all-reduce among ranks (the default) and by one Spark job each: the
+    same steps and rounds, the same weights up to the order of floating-point sums."""
+    from spark_jobs.training.strategies import STRATEGIES
+
+    overrides = dict(num_workers=2, averaging_frequency=4, max_steps=8)  # Adam's moments averaged too
+    by_spark, by_allreduce = tmp_path / "spark", tmp_path / "allreduce"
+    expected = parameter_averaging.train(
+        _config("gpt", by_spark, averaging_via="spark", **overrides),
+        _inputs(window_dir, by_spark, "gpt"),
+        False,
+    )
+    config = _config("gpt", by_allreduce, **overrides)
+    assert config.training.averaging_via == "allreduce"
+    got = STRATEGIES["parameter_averaging"](config, _inputs(window_dir, by_allreduce, "gpt"), False)
+
+    assert got["steps"] == expected["steps"] == 8 and got["rounds"] == expected["rounds"] == 2
+    assert got["world_size"] == 2 and got["round_overhead_s"] >= 0.0
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-4)
+    a = checkpoints.load_latest(str(by_spark / "checkpoints")).model_state
+    b = checkpoints.load_latest(str(by_allreduce / "checkpoints")).model_state
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    steps = [json.loads(line) for line in (by_allreduce / "metrics" / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if r["kind"] == "train"] == [5]  # log_interval 5
+    assert all(r["averaging_s"] >= 0.0 for r in steps if r["kind"] == "train")

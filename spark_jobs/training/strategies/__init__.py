@@ -2,8 +2,10 @@
 
 - `single`: one plain process, no Spark.
 - `ddp`: torch DistributedDataParallel ranks launched by Spark's TorchDistributor.
-- `parameter_averaging`: Spark-native DL4J-style rounds (broadcast, train K minibatches per
-  partition, average on the driver).
+- `parameter_averaging`: DL4J-style rounds (train K minibatches per worker, average weights and
+  optimizer state): by an all-reduce among ranks launched like ddp's
+  (`training.averaging_via: allreduce`, training/collective_averaging.py), or by one Spark job
+  per round that the driver averages (`spark`, strategies/parameter_averaging.py).
 
 Each is a `Strategy`: it trains until done (training.num_epochs / training.max_steps / early
 stop) with `spark_jobs.training.state.TrainingRun` and `spark_jobs.training.loop.run_training`,
@@ -40,7 +42,10 @@ def train_ddp(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> Trai
 
 
 def train_parameter_averaging(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainResult:
-    from spark_jobs.training.strategies.parameter_averaging import train
+    if config.training.averaging_via == "allreduce":  # ranks launched like ddp's, see loop.py
+        from spark_jobs.training.strategies.ddp import train
+    else:
+        from spark_jobs.training.strategies.parameter_averaging import train
 
     return train(config, inputs, resume)
 

@@ -1,5 +1,9 @@
 """`ddp`: torch DistributedDataParallel ranks launched by Spark's TorchDistributor.
 
+The same launcher runs `parameter_averaging` with `training.averaging_via: allreduce`: the
+ranks then train alone and average every `averaging_frequency` steps (see loop.py and
+training/collective_averaging.py); everything below holds for both.
+
 Each rank runs the same trainer on a disjoint (interleaved) shard of the windows; DDP
 averages gradients, so the ranks stay identical and rank 0 alone writes metrics and
 checkpoints. Gloo on CPU. In local mode torchrun runs on the driver; otherwise the ranks
@@ -162,7 +166,7 @@ def train(config: PipelineConfig, inputs: TrainInputs, resume: bool) -> TrainRes
     distributor = TorchDistributor(
         num_processes=cfg.num_workers, local_mode=cfg.ddp_local_mode, use_gpu=False
     )
-    log.info("ddp: %d ranks (local_mode=%s)", cfg.num_workers, cfg.ddp_local_mode)
+    log.info("%s: %d ranks (local_mode=%s)", cfg.strategy, cfg.num_workers, cfg.ddp_local_mode)
     # torchrun leaves torchelastic_* folders in TMPDIR: keep them in the run's scratch dir.
     previous_tmpdir = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = inputs.scratch_dir
