@@ -108,7 +108,8 @@ def calibrate_steps(config: PipelineConfig, windows: torch.Tensor, inputs, budge
     batch = config.training.batch_size
 
     def step(i: int) -> None:
-        out = model(windows[(i * batch) % (len(windows) - batch) :][:batch])
+        first = (i * batch) % (len(windows) - batch)
+        out = model(windows[first : first + batch])
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()

@@ -38,5 +38,7 @@ class LocalStepOperator(BaseOperator):
 
     def on_kill(self) -> None:
         if self._process is not None:
-            self.log.warning("task killed: ending %s's spark-submit (pid %d)", self.step_name, self._process.pid)
+            self.log.warning(
+                "task killed: ending %s's spark-submit (pid %d)", self.step_name, self._process.pid
+            )
             tasks.end_process_group(self._process)
