@@ -95,19 +95,28 @@ def first_scores(doc_ids: np.ndarray, starts: np.ndarray, offsets: range) -> np.
     return targets > previous_last[:, None]
 
 
+def context_step(window_size: int, offsets: range) -> int:
+    """How far apart the full-split scoring windows start: an eighth of a window (at most the
+    targets a window scores), so that every scored token has at least 7/8 of a window of context
+    at 8 forward passes per window of text."""
+    return max(1, min(len(offsets), window_size // 8))
+
+
 def scoring_windows(
     ranges: list[np.ndarray], window_size: int, offsets: range
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Windows that score every token of each validation range once: (windows int64 [N, W+1],
     range index [N], start within the range [N]); `first_scores` then masks the overlap.
 
-    Windows step by the number of targets a window scores (W for the gpt, 1 for the mlp),
-    and one more window ends exactly at the range's end, so the last tokens are scored too.
-    A token without `offsets.start` tokens of context before it in its range (the first
-    token; the mlp's first W) cannot be predicted; a range shorter than a window is not
-    scored (the window step gives it no window either).
+    Windows start every `context_step(...)` tokens and one more ends exactly at the range's
+    end, so the last tokens are scored too. Each window scores only the targets no earlier
+    window reached, so a token is predicted from at least W - step tokens of context (all W
+    for the mlp, whose one target is its last position), except in a range's first window,
+    like a reader who has followed the text from its start. A token without `offsets.start`
+    tokens before it in its range (the first token; the mlp's first W) cannot be predicted;
+    a range shorter than a window is not scored (the window step gives it no window either).
     """
-    width, step = window_size + 1, len(offsets)
+    width, step = window_size + 1, context_step(window_size, offsets)
     windows, which, starts = [], [], []
     for index, tokens in enumerate(ranges):
         if len(tokens) < width:

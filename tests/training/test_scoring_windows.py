@@ -7,7 +7,7 @@ import pytest
 
 from spark_jobs.training.evaluation import first_scores, scored_target_ids, scoring_windows
 
-W = 8
+W = 16  # so a window every W/8 = 2 tokens
 
 
 @pytest.mark.parametrize(("model", "offsets"), [("gpt", range(1, W + 1)), ("mlp", range(W, W + 1))])
@@ -22,9 +22,12 @@ def test_each_token_is_scored_once_to_the_end_of_its_range(model, offsets, lengt
     scored = scored_target_ids(windows, mask, which, offsets)
     expected = [r[offsets.start :].tolist() for r in ranges if len(r) >= W + 1]
     assert scored == expected  # every predictable token once, in order, the tail included
-    # the windows overlap by as little as possible: at most one extra window per range
-    per_target = len(offsets)
-    assert len(windows) <= sum(-(-(len(r) - W) // per_target) + 1 for r in ranges if len(r) >= W + 1)
+    # a window every W/8 tokens (the mlp: every token), plus one ending at each range's end
+    step = 1 if model == "mlp" else W // 8
+    assert len(windows) <= sum(-(-(len(r) - W) // step) + 1 for r in ranges if len(r) >= W + 1)
+    # every target has at least 7/8 of a window of context, but in a range's first window
+    used = [offsets[i] for row in range(len(mask)) if starts[row] > 0 for i in np.flatnonzero(mask[row])]
+    assert all(offset >= W - step for offset in used)
 
 
 def test_ranges_shorter_than_a_window_give_nothing():
