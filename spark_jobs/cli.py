@@ -216,6 +216,28 @@ def report(
     typer.echo(written)
 
 
+@app.command()
+def estimate(
+    tokens: Annotated[float, typer.Option(help="corpus size in tokens, e.g. 1e9")],
+    instance_type: Annotated[str, typer.Option(help="core node type, priced in emr.prices")] = "m5.2xlarge",
+    count: Annotated[int, typer.Option(help="core nodes")] = 2,
+    table: Annotated[str, typer.Option(help="measured throughputs")] = "bench/throughput.json",
+    prices: Annotated[str, typer.Option(help="YAML with emr.prices")] = "configs/emr.yaml",
+    verbose: VerboseOption = False,
+) -> None:
+    """Estimate hours, node-hours, USD and memory per node of each step on EMR (docs/scaling.md)."""
+    from spark_jobs.reporting import estimate as est
+
+    try:
+        price_table, master = est.load_prices(prices)
+        est.check_request(tokens, instance_type, count, price_table)  # before reading the table
+        measured = est.load_table(table)
+        results = est.estimate(measured, tokens, instance_type, count, price_table, master)
+    except PipelineError as exc:
+        _fail(exc, verbose)
+    typer.echo(est.render(results, measured, tokens, instance_type, count))
+
+
 def main() -> None:
     try:
         app()
