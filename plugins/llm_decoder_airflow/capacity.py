@@ -15,32 +15,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import NamedTuple
 
 from llm_decoder_airflow.settings import EmrSettings
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.common.errors import ConfigError
+from spark_jobs.common.instances import INSTANCE_TYPES, Instance
 
 log = logging.getLogger(__name__)
 
 
-class Instance(NamedTuple):
-    vcpus: int
-    memory_gib: int
-
-
-# EC2's vCPUs and memory of the instance types this project suggests.
-INSTANCE_TYPES: dict[str, Instance] = {
-    **{f"{family}.xlarge": Instance(4, 16) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    **{f"{family}.2xlarge": Instance(8, 32) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    **{f"{family}.4xlarge": Instance(16, 64) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    "r5.xlarge": Instance(4, 32),
-    "r5.2xlarge": Instance(8, 64),
-    "r5.4xlarge": Instance(16, 128),
-    "c5.xlarge": Instance(4, 8),
-    "c5.2xlarge": Instance(8, 16),
-    "c5.4xlarge": Instance(16, 32),
-}
 _UNITS_MIB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024**2, "p": 1024**3}
 # Spark adds max(384 MiB, 10 %) of overhead (off-heap, the Python workers) to each executor.
 _OVERHEAD_FACTOR, _OVERHEAD_MIN_MIB = 0.10, 384

@@ -24,33 +24,15 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import yaml
 
 from spark_jobs.common.errors import ConfigError, InputError
+from spark_jobs.common.instances import INSTANCE_TYPES, Instance
 
 log = logging.getLogger(__name__)
 
-
-class Instance(NamedTuple):
-    vcpus: int
-    memory_gib: int
-
-
-# vCPUs and memory per instance type: a copy of plugins/llm_decoder_airflow/capacity.py's
-# INSTANCE_TYPES (spark_jobs must not import the Airflow plugins; a test keeps the two equal).
-INSTANCE_TYPES: dict[str, Instance] = {
-    **{f"{family}.xlarge": Instance(4, 16) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    **{f"{family}.2xlarge": Instance(8, 32) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    **{f"{family}.4xlarge": Instance(16, 64) for family in ("m5", "m6i", "m7i", "g4dn", "g5")},
-    "r5.xlarge": Instance(4, 32),
-    "r5.2xlarge": Instance(8, 64),
-    "r5.4xlarge": Instance(16, 128),
-    "c5.xlarge": Instance(4, 8),
-    "c5.2xlarge": Instance(8, 16),
-    "c5.4xlarge": Instance(16, 32),
-}
 
 # Assumed, not measured (the bench runs on local disks): sustained S3 throughput one node gets,
 # and what one node moves through the network in a shuffle. Both are conservative figures for

@@ -138,15 +138,6 @@ def test_committed_table_loads_and_estimates(repo):
     assert all(r.hours > 0 and r.usd > 0 for r in results)
 
 
-def test_instance_table_agrees_with_the_capacity_check():
-    from llm_decoder_airflow.capacity import INSTANCE_TYPES
-
-    shared = set(INSTANCE_TYPES) & set(est.INSTANCE_TYPES)
-    assert shared == set(INSTANCE_TYPES)
-    for name in shared:
-        assert tuple(INSTANCE_TYPES[name]) == tuple(est.INSTANCE_TYPES[name]), name
-
-
 def test_every_priced_x86_type_has_a_size(repo):
     prices, _ = est.load_prices(repo / "configs" / "emr.yaml")
     # Graviton types are priced for reference only (refused by staging): no size needed.
