@@ -3,6 +3,7 @@
     corpus.py      the text rules: decoding, normalisation, segments
     corpus_files.py  which files: a file, a directory or a glob; literal paths, hidden names, links
     corpus_blocks.py  reading the files on the executors in blocks of whole lines; the split's arithmetic
+    corpus_spark.py   the corpus on Spark for preprocess: blocks cached on the executors, plans on the driver
     tokenizer.py   byte-level BPE: training, loading, encoding Arrow batches inside Spark
     embeddings.py  a previous phase's token embeddings (word2vec text / CSV), validated; Word2Vec
     windows.py     the arithmetic of sliding windows and the contiguous train/val split
