@@ -152,9 +152,12 @@ def estimate(
             # One worker per core (as measured: each worker one thread), all nodes.
             used_cores = cores
             peak_mb = measured["worker_max_peak_rss_mb"] * node.vcpus
+            ratio = measured.get("scaling_2_vs_1", float("nan"))
+            # Two workers cannot be more than 2x one: above that the two runs met different loads.
+            artefact = ", above 2x: a measurement artefact" if ratio > 2 else ""
             bottleneck = (
-                f"training compute ({cores} workers; the 2-vs-1-worker efficiency measured "
-                f"{measured.get('scaling_2_vs_1', float('nan')):.2f}x is assumed to hold)"
+                f"training compute ({cores} workers at the per-core rate measured with 2; "
+                f"2 vs 1 worker measured {ratio:.2f}x{artefact})"
             )
         seconds = tokens / (measured["tokens_per_core_s"] * used_cores)
         results.append(
