@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
         "AIRFLOW__API__BASE_URL": url,  # tasks report to this address, not localhost:8080
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",  # the default 32 starts 32 workers on a laptop
+        # a busy laptop's API server (SQLite) can take far longer than the default 5 s to
+        # acknowledge a task's start; the retry is then refused and the task fails unrun
+        "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(args.port + 1000),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(args.port + 1001),

@@ -33,8 +33,15 @@ from airflow.providers.amazon.aws.operators.emr import EmrCreateJobFlowOperator,
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from botocore.exceptions import ClientError, HTTPClientError, WaiterError
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    ResponseStreamingError,
+    WaiterError,
+)
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.parsers import ResponseParserError
 
 from llm_decoder_airflow.emr import RUN_ID_TAG, active_clusters_of_run, step_of, step_on_cluster
 from llm_decoder_airflow.steplogs import step_log_tail
@@ -63,6 +70,8 @@ def is_transient(error: BaseException) -> bool:
     """An error that says nothing about the step: the API was unreachable, busy or broken."""
     if isinstance(error, BotocoreConnectionError | HTTPClientError):
         return True  # refused, reset, timed out (botocore has already retried it)
+    if isinstance(error, IncompleteReadError | ResponseStreamingError | ResponseParserError):
+        return True  # an answer cut off mid-way by a dropped connection says nothing of the step
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

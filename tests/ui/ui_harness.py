@@ -104,6 +104,10 @@ class AirflowStandalone:
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+                # A task reports its start to the API server and gives up after 5 s by default;
+                # on a loaded 2-core machine (SQLite, the other test worker busy) the answer can
+                # take half a minute, and the retry is then refused: the task fails unrun.
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",
                 "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}",
                 **self.extra_env,
             }

@@ -45,7 +45,8 @@ class OutageProxy:
         self._reserved = None
         listener.listen(64)
         self.port = listener.getsockname()[1]
-        self._listener = listener
+        with self._lock:
+            self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def _bind(self) -> socket.socket:
@@ -66,6 +67,10 @@ class OutageProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:  # went dark while connecting: drop it too
+                    client.close()
+                    upstream.close()
+                    return
                 self._connections.update((client, upstream))
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
@@ -80,24 +85,30 @@ class OutageProxy:
             for sock in (source, sink):
                 with self._lock:
                     self._connections.discard(sock)
+                # shutdown() first: it wakes the other direction's thread, blocked in recv() on
+                # the same socket; close() alone would not, and once the number of the closed
+                # file is reused by a new connection, that thread would read the new one's data.
                 try:
-                    sock.close()
+                    sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+                sock.close()
 
     def _go_dark(self) -> None:
-        if self._listener is not None:
+        # Under the lock, so that a connection being accepted right now is either in the set
+        # closed below or sees the listener gone and closes itself (see _accept).
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = list(self._connections), set()
+        if listener is not None:
             # shutdown() wakes the thread blocked in accept(); close() alone would leave the
             # kernel socket open (and accepting) under it. Open connections are closed too:
             # botocore keeps connections alive, and would not notice a closed listener.
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)
+                listener.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self._listener.close()
-            self._listener = None
-        with self._lock:
-            connections, self._connections = list(self._connections), set()
+            listener.close()
         for sock in connections:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
