@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint bench airflow emr-box emr-plan lock wheelhouse compose-env clean
+.PHONY: venv run test lint bench airflow stack stack-check postgres-server emr-box emr-plan lock wheelhouse \
+	compose-env clean
 
 # (Re)install when pyproject.toml changes; torch==2.13.0 comes from the local CPU wheel.
 $(STAMP): pyproject.toml
@@ -29,6 +30,23 @@ run: $(STAMP)
 # The Airflow UI on http://127.0.0.1:8080 (standalone, SQLite); AIRFLOW_PORT=... to move it.
 airflow: $(STAMP)
 	$(AIRFLOW_ENV) $(BIN)/python -m launchers.standalone
+
+# docker-compose.yaml's Airflow without Docker: its own PostgreSQL under .airflow/stack/, then the
+# api-server (http://127.0.0.1:8080, AIRFLOW_PORT=... to move it), scheduler, dag-processor and
+# triggerer as separate processes, LocalExecutor, configs/airflow.env. Ctrl-C stops all of it.
+stack: $(STAMP) postgres-server
+	@PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m launchers.stack
+
+# The stack, one corpus Asset event through the REST API, the run it starts, stop; last line JSON.
+stack-check: $(STAMP) postgres-server
+	@PYTHONPATH=$(CURDIR)/plugins $(BIN)/python -m launchers.stack --check
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl); the stack makes and runs its own cluster.
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+	  { echo "PostgreSQL's server is not installed: sudo apt-get install postgresql" >&2; exit 1; }
 
 # The EMR DAG with every step really executed: moto (AWS), s3fs (EMRFS), a two-worker Spark
 # standalone cluster (the nodes). Needs s3fs and FUSE. STRATEGY=parameter_averaging for the other.
@@ -59,11 +77,12 @@ wheelhouse: $(STAMP)
 
 # Two pytest workers (pytest-xdist): much of the suite waits on JVMs, moto and Airflow, not on
 # the cores. Each worker is its own session (its own Airflow DB, scratch dir and session
-# fixtures). TEST_WORKERS=0 runs everything in this process, one test after another.
+# fixtures). The tests that share one `make stack` (tests/stack/) go to one worker together
+# (--dist loadgroup). TEST_WORKERS=0 runs everything in this process, one test after another.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist loadgroup) --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

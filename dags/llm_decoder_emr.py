@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, chain, task
+from airflow.sdk import DAG, chain, task
 from airflow.sdk.exceptions import AirflowFailException
 from llm_decoder_airflow import emr, tasks
 from llm_decoder_airflow.operators import EmrCreateClusterOperator, EmrStepWatcher, EmrTerminateRunClusters
 from llm_decoder_airflow.params import emr_params
 from llm_decoder_airflow.pipeline import run_config
+from llm_decoder_airflow.schedule import corpus_asset, run_schedule
 from llm_decoder_airflow.settings import load_emr_config
 
 from spark_jobs.common.errors import ConfigError, InputError
@@ -38,18 +39,7 @@ REGION = SETTINGS.emr.region
 # Every object the DAG writes is SSE-KMS with this key, or SSE-S3 when None (files.FileStore).
 S3_KMS_KEY = SETTINGS.emr.s3_kms_key_arn
 # An update to the corpus (by a producer DAG or the REST API) can start a retraining.
-CORPUS = Asset(
-    name="llm_decoder_corpus", uri=run_config(PIPELINE_RAW, [], "configs/emr.yaml").data.corpus_path
-)
-
-if AIRFLOW.schedule and AIRFLOW.trigger_on_corpus_update:
-    schedule = AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(AIRFLOW.schedule, timezone="UTC"), assets=[CORPUS]
-    )
-elif AIRFLOW.schedule:
-    schedule = AIRFLOW.schedule
-else:
-    schedule = [CORPUS] if AIRFLOW.trigger_on_corpus_update else None
+CORPUS = corpus_asset("llm_decoder_corpus", run_config(PIPELINE_RAW, [], "configs/emr.yaml").data.corpus_path)
 
 # Only idempotent tasks retry: creating a cluster twice would leave one running. Waits double
 # (an API outage or throttling passes), up to max_retry_delay_s.
@@ -64,7 +54,7 @@ with DAG(
     dag_id="llm_decoder_emr",
     description="Preprocess, window and train on a transient EMR cluster; metrics to S3; promote.",
     doc_md=__doc__,
-    schedule=schedule,
+    schedule=run_schedule(AIRFLOW, CORPUS),
     catchup=False,
     max_active_runs=1,
     params=emr_params(PIPELINE_RAW, SETTINGS.emr),

@@ -5,7 +5,8 @@ The same steps as `llm_decoder_emr` (one pipeline definition), each run by the l
 `spark-submit` on local storage: preprocess → window → train → collect metrics → promote.
 Runs land in `<root>/runs/<run_id>/`, the champion pointer in `<root>/models/champion.json`.
 The base config is `configs/local.yaml` (or `$LLM_DECODER_LOCAL_CONFIG`); the form's Params
-override it per run. This is what `make run` and the docker-compose Airflow run.
+override it per run. This is what `make run`, `make stack` and the docker-compose Airflow run;
+a cron (`airflow.schedule`) or an update of the corpus Asset starts a run by itself.
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from airflow.sdk import DAG, chain, task
 from llm_decoder_airflow import tasks
 from llm_decoder_airflow.local_step import LocalStepOperator
 from llm_decoder_airflow.params import local_params
+from llm_decoder_airflow.pipeline import run_config
+from llm_decoder_airflow.schedule import corpus_asset, run_schedule
 from llm_decoder_airflow.settings import load_local_config
 
 from spark_jobs.common.pipeline import STEPS
 
 PIPELINE_RAW, SETTINGS = load_local_config()
 AIRFLOW = SETTINGS.airflow
+# An update to the corpus (a producer DAG, the REST API, `make stack-check`) starts a retraining.
+CORPUS = corpus_asset(
+    "llm_decoder_local_corpus", run_config(PIPELINE_RAW, [], "configs/local.yaml").data.corpus_path
+)
 # Every task here is idempotent: a step rewrites its own output folder.
 RETRIES = {"retries": AIRFLOW.retries, "retry_delay": timedelta(seconds=AIRFLOW.retry_delay_s)}
 
@@ -29,7 +36,7 @@ with DAG(
     dag_id="llm_decoder_local",
     description="Preprocess, window and train with local Spark; collect metrics; promote.",
     doc_md=__doc__,
-    schedule=AIRFLOW.schedule,
+    schedule=run_schedule(AIRFLOW, CORPUS),
     catchup=False,
     max_active_runs=1,
     params=local_params(PIPELINE_RAW, AIRFLOW),

@@ -34,6 +34,15 @@ AIRFLOW_SERVICES = (
 )
 
 
+def service_env(service: dict) -> dict[str, str]:
+    """A service's environment as compose builds it: its env_file(s), then `environment` over them."""
+    env = {}
+    for env_file in service.get("env_file", []):
+        env.update(compose_env.read_env(REPO / env_file))
+    env.update({k: str(v) for k, v in (service.get("environment") or {}).items()})
+    return env
+
+
 def pin(name: str) -> str:
     deps = PYPROJECT["project"]["dependencies"] + [
         d for extra in PYPROJECT["project"]["optional-dependencies"].values() for d in extra
@@ -54,7 +63,7 @@ def test_services_and_executor():
     }
     assert services["airflow-apiserver"]["ports"] == ["127.0.0.1:${AIRFLOW_PORT:-8080}:8080"]
     for name in AIRFLOW_SERVICES:
-        env = services[name]["environment"]
+        env = service_env(services[name])
         assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
     assert services["airflow-init"]["environment"]["_AIRFLOW_DB_MIGRATE"] == "true"
@@ -241,12 +250,8 @@ def test_passwords_file_is_shared_by_init_and_apiserver_only():
                 holders[name] = source
     assert holders == {"airflow-init": "airflow-auth", "airflow-apiserver": "airflow-auth"}
     assert "airflow-auth" in COMPOSE["volumes"]  # a named volume, not a folder of the repo
-    assert (
-        compose_env.ADMIN_USER + ":admin"
-        == COMPOSE["x-airflow-common"]["environment"]["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")[
-            0
-        ]
-    )
+    users = service_env(COMPOSE["x-airflow-common"])["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"]
+    assert compose_env.ADMIN_USER + ":admin" == users.split(",")[0]
 
 
 def test_documented_login_works(dot_env, tmp_path, monkeypatch, capsys):
@@ -286,7 +291,7 @@ def test_documented_login_works(dot_env, tmp_path, monkeypatch, capsys):
     from airflow.api_fastapi.auth.managers.simple.services.login import SimpleAuthManagerLogin
     from fastapi import HTTPException
 
-    api_env = moved(services["airflow-apiserver"]["environment"])
+    api_env = moved(service_env(services["airflow-apiserver"]))
     for key in (
         "AIRFLOW__CORE__AUTH_MANAGER",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS",
@@ -358,3 +363,32 @@ def test_make_compose_env_writes_once_and_keeps_it(tmp_path):
 
 def test_env_file_is_git_ignored():
     subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", ".env"], check=True)
+
+
+def test_the_native_stack_reads_the_settings_compose_reads():
+    """make stack and docker compose run Airflow from one file of settings (configs/airflow.env):
+    every Airflow service of compose reads it and overrides none of it, and the native stack's
+    processes get the same values."""
+    from launchers import stack
+
+    shared = stack.shared_settings()
+    assert shared["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    for name in AIRFLOW_SERVICES:
+        service = COMPOSE["services"][name]
+        assert service["env_file"] == ["configs/airflow.env"], name
+        assert not set(shared) & set(service["environment"]), name  # compose overrides none of it
+        assert {k: service_env(service)[k] for k in shared} == shared, name
+    secrets = compose_env.fresh_values()
+    ports = {"api": 8080, "worker_logs": 8793, "trigger_logs": 8794, "scheduler_health": 8974}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key in set(os.environ) - set(clean):
+            patch.delenv(key)
+        native = stack.stack_env(
+            Path("/tmp/home"), ports, "postgresql+psycopg2://x@127.0.0.1:1/airflow", secrets
+        )
+    assert {k: native[k] for k in shared} == shared
+    # What compose takes from .env, the native stack takes from its own stack.env, made the same way.
+    assert native["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"]
+    assert native["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW_JWT_SECRET"]
+    assert native["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")

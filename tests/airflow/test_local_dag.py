@@ -18,6 +18,8 @@ from spark_jobs.reporting.summary import HEADLINE_KEYS
 pytestmark = pytest.mark.timeout(600)
 
 
+# Shares the session's one run of llm_decoder_local (local_run): one worker runs both.
+@pytest.mark.xdist_group("local_run")
 def test_local_dag_trains_and_reports(local_run):
     print(f"\nlocal DAG end to end: {local_run['seconds']:.1f} s")
     assert local_run["state"] == "success", local_run["tasks"]

@@ -51,6 +51,8 @@ def rows(path: Path, keys: list[str]) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda row: tuple(row[k] for k in keys))
 
 
+# Shares the session's one run of llm_decoder_local (local_run): one worker runs both.
+@pytest.mark.xdist_group("local_run")
 def test_emr_step_arguments_replayed_locally_equal_the_local_dag(
     local_run, dagbag, harness, s3, emr_client, tmp_path
 ):

@@ -22,7 +22,8 @@ from launchers.emr_box.steps import REWRITTEN
 
 from spark_jobs.common.pipeline import STEP_NAMES
 
-pytestmark = pytest.mark.timeout(900)
+# The three share one box (conftest.py): one pytest-xdist worker runs them (--dist loadgroup).
+pytestmark = [pytest.mark.timeout(900), pytest.mark.xdist_group("box")]
 
 
 def steps_of(box, cluster_id: str) -> dict[str, dict]:
@@ -150,10 +151,10 @@ def test_parameter_averaging_rides_out_an_emr_api_outage(box, box_dag, capfd):
     box.outage_during("train", seconds=OUTAGE_S)
     result = box.run_dag({"strategy": "parameter_averaging"})
 
+    assert result.state == "success", result.tasks
     assert box.proxy.outages == 1
     # Airflow really lost the API while the train step ran, past botocore's own retries.
     assert "EMR API not answering (EndpointConnectionError" in capfd.readouterr().out
-    assert result.state == "success", result.tasks
     steps = steps_of(box, result.cluster_id)
     # The teardown waited for the steps: train was not cut short by a terminated cluster.
     assert {name: s["Status"]["State"] for name, s in steps.items()} == dict.fromkeys(STEP_NAMES, "COMPLETED")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,9 +20,6 @@ from spark_jobs.reporting.spark_metrics import (
     write_spark_metrics,
 )
 from spark_jobs.reporting.train_metrics import MetricsWriter, write_run_summary
-
-# ui_harness.py (Airflow standalone + Chromium) is imported by the browser test.
-sys.path.insert(0, str(Path(__file__).parent))
 
 SAMPLE_TEXT = "ROMEO:\nWhat light through yonder window breaks?"
 

@@ -1,6 +1,6 @@
-"""The Airflow trigger form, used the way a person uses it: a real browser on a real Airflow.
+"""The Airflow trigger form, used the way a person uses it: a real browser on the real stack.
 
-Starts `airflow standalone` (SQLite, its own home, a free loopback port) serving our dags/,
+On `make stack` (conftest.py: PostgreSQL, LocalExecutor, separate scheduler and api-server),
 logs in with headless Chromium, opens llm_decoder_local's trigger form, checks that an
 out-of-range integer is clamped on blur, changes two Params (epochs, model kind), triggers,
 waits for the run to succeed on a small corpus slice, and checks that the run used those
@@ -14,65 +14,36 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from ui_harness import AirflowStandalone, browser_available, start_chromium
+
+sys.path.insert(0, str(Path(__file__).parent))
+from chromium import browser_available, start_chromium  # noqa: E402
 
 DAG_ID = "llm_decoder_local"
 # Screenshots go to a scratch folder; `LLM_DECODER_SCREENSHOTS=docs/screenshots` refreshes the
 # README's (so a test run never rewrites tracked files by accident).
 SCREENSHOTS = Path(os.environ.get("LLM_DECODER_SCREENSHOTS") or tempfile.mkdtemp(prefix="screenshots-"))
-# The form's defaults come from this config; the test changes epochs and model kind.
-TINY_CONFIG = {
-    "spark": {"master": "local[2]", "driver_memory": "1g", "target_partition_size": 5000},
-    "model": {"kind": "gpt", "window_size": 16, "embedding_size": 32, "hidden_size": 64, "num_layers": 1,
-              "num_heads": 2},
-    "training": {"strategy": "single", "batch_size": 16, "num_epochs": 1, "learning_rate": 0.003,
-                 "warmup_steps": 5, "eval_interval": 20, "eval_batches": 4, "checkpoint_interval": 50,
-                 "log_interval": 5, "sample_tokens": 20},
-    "data": {"vocab_size": 300, "window_stride": 16},
-}  # fmt: skip
-EPOCHS, MODEL_KIND = 2, "mlp"  # both differ from TINY_CONFIG's defaults
+EPOCHS, MODEL_KIND = 2, "mlp"  # both differ from the stack's config (conftest.LOCAL_CONFIG)
 EPOCHS_MAX = 1000  # the epochs Param's maximum (plugins/llm_decoder_airflow/params.py)
-# Generous: on a busy 2-core machine standalone takes up to ~90 s to answer and the run ~4 min.
-START_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 600
 UI_TIMEOUT_S = 90
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(START_TIMEOUT_S + RUN_TIMEOUT_S + 300),
+    pytest.mark.xdist_group("stack"),
+    pytest.mark.timeout(RUN_TIMEOUT_S + 300),
     pytest.mark.skipif(
         not browser_available(), reason="Debian chromium + chromium-driver not installed (apt-get install)"
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def airflow(tmp_path_factory: pytest.TempPathFactory, corpus_path: Path):
-    base = tmp_path_factory.mktemp("browser")
-    text = corpus_path.read_text(encoding="utf-8")[:20_000]
-    corpus = base / "corpus.txt"
-    corpus.write_text(text[: text.rfind("\n\n") + 1], encoding="utf-8")
-    config = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"], "corpus_path": str(corpus)}}
-    config["airflow"] = {"retries": 0, "local_root": str(base / "root")}
-    config_path = base / "local.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-
-    server = AirflowStandalone(base / "airflow-home", {"LLM_DECODER_LOCAL_CONFIG": str(config_path)})
-    try:
-        server.start(timeout_s=START_TIMEOUT_S)
-        server.wait_for(
-            lambda: server.api("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, START_TIMEOUT_S, "the DAG"
-        )
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()
@@ -88,22 +59,21 @@ def _run_path(run_id: str) -> str:
     return f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
-def _wait_for_run(airflow: AirflowStandalone, run_id: str) -> dict:
+def _wait_for_run(stack: Any, run_id: str) -> dict:
     """Poll the run until it ends; a failure names the task states."""
+    from launchers.airflow_api import wait_for
 
     def finished():
-        status, run = airflow.api("GET", _run_path(run_id))
+        status, run = stack.api.call("GET", _run_path(run_id))
         return run if status == 200 and run["state"] in ("success", "failed") else None
 
-    run = airflow.wait_for(finished, RUN_TIMEOUT_S, f"run {run_id} to finish", interval_s=3)
+    run = wait_for(finished, RUN_TIMEOUT_S, f"run {run_id} to finish", interval_s=3)
     if run["state"] != "success":
-        _, tis = airflow.api("GET", _run_path(run_id) + "/taskInstances")
-        states = {t["task_id"]: t["state"] for t in tis["task_instances"]}
-        pytest.fail(f"run {run_id} ended {run['state']}: {states}\n{airflow.log_tail()}")
+        pytest.fail(f"run {run_id} ended {run['state']}: {stack.api.task_states(DAG_ID, run_id)}")
     return run
 
 
-def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: AirflowStandalone, browser) -> None:
+def test_trigger_form_runs_the_pipeline_with_the_values_entered(stack: Any, browser) -> None:
     from llm_decoder_airflow.pipeline import run_id_from_airflow
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -113,6 +83,7 @@ def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: Airflow
     from spark_jobs.reporting.html.render import write_html_report
 
     began = time.monotonic()
+    stack.api.unpause(DAG_ID)  # DAGs start paused (configs/airflow.env), as in docker compose
     wait = WebDriverWait(browser, UI_TIMEOUT_S)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
@@ -127,9 +98,9 @@ def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: Airflow
         return field.get_attribute("value")
 
     # Log in (the simple auth manager's generated admin password).
-    browser.get(f"{airflow.url}/dags/{DAG_ID}")
+    browser.get(f"{stack.url}/dags/{DAG_ID}")
     css("input[name=username]").send_keys("admin")
-    css("input[name=password]").send_keys(airflow.password())
+    css("input[name=password]").send_keys(stack.api.password)
     css("button[type=submit]").click()
 
     # The trigger form: an out-of-range integer is clamped on blur, then our two values.
@@ -158,17 +129,18 @@ def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: Airflow
     run_id = urllib.parse.unquote(browser.current_url.split("/runs/", 1)[1].split("?")[0].split("/")[0])
 
     # Invalid confs never start a run: the API validates them against the Params' schema.
+    runs_before = len(stack.api.dag_runs(DAG_ID))
     for conf, complaint in (
         ({"epochs": EPOCHS_MAX + 1}, "greater than the maximum"),
         ({"epochs": "two"}, "not of type"),
     ):
-        status, body = airflow.api(
+        status, body = stack.api.call(
             "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
         )
         assert status == 400, (conf, status, body)
         assert "epochs" in body["detail"] and complaint in body["detail"], body
 
-    run = _wait_for_run(airflow, run_id)
+    run = _wait_for_run(stack, run_id)
 
     # The run used the form's values: its conf, the rendered config, what it trained.
     assert run["conf"]["epochs"] == EPOCHS and run["conf"]["model_kind"] == MODEL_KIND
@@ -178,8 +150,7 @@ def test_trigger_form_runs_the_pipeline_with_the_values_entered(airflow: Airflow
     summary = json.loads((run_dir / "metrics" / "summary.json").read_text())
     assert summary["model_kind"] == MODEL_KIND and summary["epochs"] == EPOCHS
     assert summary["run_id"] == run_id_from_airflow(run_id)
-    _, runs = airflow.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")
-    assert runs["total_entries"] == 1  # the refused confs started nothing
+    assert len(stack.api.dag_runs(DAG_ID)) == runs_before  # the refused confs started nothing
 
     # What a person sees: the finished run and the graph.
     browser.refresh()
