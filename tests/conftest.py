@@ -41,6 +41,15 @@ os.environ.update(
 sys.path.insert(0, str(REPO / "plugins"))
 
 
+@pytest.fixture(autouse=True)
+def _spark_jobs_logs_propagate() -> None:
+    """A step run in this process (configure_logging) stops `spark_jobs` logs from propagating to
+    the root logger, where caplog listens: each test starts with them propagating again."""
+    import logging
+
+    logging.getLogger("spark_jobs").propagate = True
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-timeout", type=float, default=1800, help="seconds the check's run may take")
     args = parser.parse_args(argv)
 
-    # SIGTERM (a service manager, a test) stops the stack the way Ctrl-C does.
+    # Ctrl-C stops the stack even when started from a background job (which inherits SIGINT
+    # ignored), and SIGTERM (a service manager, a test) stops it the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     stack = Stack(args.home, args.port)
     result: dict[str, Any] | None = None

@@ -69,6 +69,19 @@ FAST_AIRFLOW = {
 }
 
 
+def emr_test_config(**airflow) -> dict:
+    """configs/emr.yaml made small for the tests: TINY's model, the test bucket, FAST_AIRFLOW's
+    waits, then `airflow` over them."""
+    emr = yaml.safe_load((REPO / "configs" / "emr.yaml").read_text())
+    for section, values in TINY.items():
+        emr[section].update(values)
+    emr["training"]["ddp_local_mode"] = True
+    emr["data"]["corpus_path"] = f"s3://{BUCKET}/{CORPUS_KEY}"
+    emr["emr"].update({"bucket": BUCKET, "prefix": PREFIX, "region": REGION})
+    emr["airflow"].update({**FAST_AIRFLOW, **airflow})
+    return emr
+
+
 METRICS_FIXTURE = {
     "model_kind": "gpt",
     "strategy": "single",

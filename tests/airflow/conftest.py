@@ -34,6 +34,7 @@ from airflow_testing import (  # noqa: E402
     TINY,
     EmrHarness,
     corpus_slice,
+    emr_test_config,
     fresh_dag,
     mark_wheelhouse_staged,
     step_base_name,
@@ -41,14 +42,7 @@ from airflow_testing import (  # noqa: E402
 
 
 def _write_configs() -> None:
-    emr = yaml.safe_load((REPO / "configs" / "emr.yaml").read_text())
-    for section, values in TINY.items():
-        emr[section].update(values)
-    emr["training"]["ddp_local_mode"] = True
-    emr["data"]["corpus_path"] = f"s3://{BUCKET}/{CORPUS_KEY}"
-    emr["emr"].update({"bucket": BUCKET, "prefix": PREFIX, "region": REGION})
-    emr["airflow"].update(FAST_AIRFLOW)
-    (SCRATCH / "emr.yaml").write_text(yaml.safe_dump(emr, sort_keys=False))
+    (SCRATCH / "emr.yaml").write_text(yaml.safe_dump(emr_test_config(), sort_keys=False))
 
     local = copy.deepcopy(TINY)
     local["data"]["corpus_path"] = str(REPO / "data" / "tinyshakespeare.txt")

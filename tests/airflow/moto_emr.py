@@ -30,6 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--fail-step", choices=["preprocess", "window", "train"])
+    parser.add_argument("--step-seconds", type=float, default=0.3, help="how long each step runs")
     args = parser.parse_args()
 
     import boto3
@@ -51,7 +52,7 @@ def main() -> None:
     s3.put_object(Bucket=BUCKET, Key=CORPUS_KEY, Body=corpus_slice().encode())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmrHarness(s3, fail_step=args.fail_step):
+    with EmrHarness(s3, fail_step=args.fail_step, step_seconds=args.step_seconds):
         print(f"moto with EMR steps on {endpoint}; s3://{BUCKET}/{CORPUS_KEY} ready", flush=True)
         try:
             stop.wait()

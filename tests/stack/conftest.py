@@ -4,7 +4,8 @@ dag-processor and triggerer as separate processes (LocalExecutor), started by th
 
 The stack serves this repository's DAGs with small configs: llm_decoder_local on a 20 kB corpus
 slice (its corpus Asset starts runs), llm_decoder_emr against a moto server in this process on
-a cron of every minute, its steps moved on by the EMR harness (moto never runs a step).
+a cron of every minute, its steps moved on by the EMR harness of tests/airflow/moto_emr.py
+(moto never runs a step).
 
 All tests here share the one stack, so they run on one pytest-xdist worker (`xdist_group`, with
 the Makefile's `--dist loadgroup`), in file order, and the test that stops it runs last.
@@ -13,9 +14,11 @@ the Makefile's `--dist loadgroup`), in file order, and the test that stops it ru
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,13 +32,10 @@ sys.path.insert(0, str(REPO / "tests" / "airflow"))  # the EMR harness and the t
 
 from airflow_testing import (  # noqa: E402
     BUCKET,
-    CORPUS_KEY,
-    FAST_AIRFLOW,
     PREFIX,
     REGION,
-    TINY,
-    EmrHarness,
     corpus_slice,
+    emr_test_config,
     mark_wheelhouse_staged,
 )
 from launchers.airflow_api import AirflowApi  # noqa: E402
@@ -70,23 +70,10 @@ class StackUnderTest:
     api: AirflowApi
     local_root: Path
     out: Path
-    harness: EmrHarness
     emr: object
 
     def output(self) -> str:
         return self.out.read_text(errors="replace")
-
-
-def _open_to_postgres(folder: Path) -> None:
-    """Our scratch folders are 0700; the database runs as `postgres` when we are root and must
-    reach its own folder below them."""
-    if os.geteuid() != 0:
-        return
-    for parent in [folder, *folder.parents]:
-        if parent == Path("/tmp") or parent == Path("/"):
-            break
-        if parent.stat().st_uid == 0:
-            parent.chmod(parent.stat().st_mode | 0o011)
 
 
 def _free_port() -> int:
@@ -98,10 +85,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
     import boto3
-    from moto.server import ThreadedMotoServer
 
     base = tmp_path_factory.mktemp("stack")
-    _open_to_postgres(base)
+    # The stack's home (and its database) outside pytest's folders: pytest makes its root folder
+    # 0700 again whenever a session starts, and the database runs as `postgres` when we are root.
+    home = Path(tempfile.mkdtemp(prefix="llm-decoder-stack-", dir="/tmp"))
+    home.chmod(0o711)
 
     # llm_decoder_local: a corpus slice; runs under base/root.
     corpus = base / "corpus.txt"
@@ -110,30 +99,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
     local["airflow"] = {"retries": 0, "local_root": str(base / "root")}
     (base / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
 
-    # llm_decoder_emr: moto here, a cron of every minute, sensors deferred to the triggerer.
+    # llm_decoder_emr: a cron of every minute, sensors deferred to the triggerer, against moto in
+    # its own process (tests/airflow/moto_emr.py: its EMR harness runs each step 12 s, so every
+    # sensor finds its step RUNNING and defers). Not in this process: moto's backends are global,
+    # and this worker's later EMR tests would share them with a harness that moves their steps.
     moto_port = _free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    moto.start()
+    moto_log = base / "moto.out"
+    with open(moto_log, "wb") as sink:
+        moto = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "airflow" / "moto_emr.py"), "--port", str(moto_port),
+             "--step-seconds", "12"],
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     endpoint = f"http://127.0.0.1:{moto_port}"
+    deadline = time.monotonic() + 120
+    while "moto with EMR steps on" not in moto_log.read_text(errors="replace"):
+        if moto.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"moto did not start:\n{moto_log.read_text(errors='replace')}")
+        time.sleep(0.5)
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION,
                       aws_access_key_id="test", aws_secret_access_key="test")  # fmt: skip
-    s3.create_bucket(Bucket=BUCKET)
-    s3.put_object(Bucket=BUCKET, Key=CORPUS_KEY, Body=corpus_slice().encode())
     mark_wheelhouse_staged(s3, BUCKET, PREFIX)
-    emr = yaml.safe_load((REPO / "configs" / "emr.yaml").read_text())
-    for section, values in TINY.items():
-        emr[section].update(values)
-    emr["training"]["ddp_local_mode"] = True
-    emr["data"]["corpus_path"] = f"s3://{BUCKET}/{CORPUS_KEY}"
-    emr["emr"].update({"bucket": BUCKET, "prefix": PREFIX, "region": REGION})
-    emr["airflow"].update(
-        {
-            **FAST_AIRFLOW,
-            "schedule": "* * * * *",
-            "trigger_on_corpus_update": False,
-            "deferrable_sensors": True,
-        }
-    )
+    emr = emr_test_config(schedule="* * * * *", trigger_on_corpus_update=False, deferrable_sensors=True)
     (base / "emr.yaml").write_text(yaml.safe_dump(emr, sort_keys=False))
 
     connection = (
@@ -152,7 +139,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
             "AWS_DEFAULT_REGION": REGION,
         }
     )
-    home = base / "home"
     out = base / "stack.out"
     with open(out, "wb") as sink:
         process = subprocess.Popen(
@@ -160,9 +146,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
             env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
             start_new_session=True,  # our SIGINT reaches the launcher alone, as Ctrl-C would
         )  # fmt: skip
-    # Steps that run for a while: each sensor finds its step RUNNING and defers to the triggerer.
-    harness = EmrHarness(s3, step_seconds=12)
-    harness.__enter__()
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while "Airflow UI: " not in out.read_text(errors="replace"):
@@ -172,16 +155,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
         url = out.read_text().split("Airflow UI: ", 1)[1].split()[0]
         password = yaml.safe_load((home / "passwords.json").read_text())["admin"]
         yield StackUnderTest(
-            process, home, url, AirflowApi(url, "admin", password), base / "root", out, harness,
+            process, home, url, AirflowApi(url, "admin", password), base / "root", out,
             boto3.client("emr", endpoint_url=endpoint, region_name=REGION,
                          aws_access_key_id="test", aws_secret_access_key="test"),
         )  # fmt: skip
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+        if process.poll() is None:  # the stop test did not run or failed: stop it anyway
+            process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-        harness.__exit__(None, None, None)
-        moto.stop()
+        moto.terminate()  # SIGTERM: moto_emr.py stops its harness and server
+        try:
+            moto.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            moto.kill()
+        shutil.rmtree(home, ignore_errors=True)
