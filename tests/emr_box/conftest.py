@@ -1,4 +1,4 @@
-"""One EMR box for the module: moto + s3fs + a two-worker Spark standalone cluster + step runner.
+"""One EMR box per module: moto + s3fs + a two-worker Spark standalone cluster + step runner.
 
 The box needs s3fs and FUSE (`.ci/run` installs s3fs); without them these tests skip with the
 reason, as the browser test does without Chromium.
@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down after the module: its Spark nodes hold memory
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if shutil.which("s3fs") is None or not Path("/dev/fuse").exists():
         pytest.skip("the EMR box needs s3fs and /dev/fuse (apt-get install s3fs)")

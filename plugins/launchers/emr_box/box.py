@@ -115,6 +115,8 @@ class EmrBox:
         self.base_dir = base_dir
         self.workers = workers
         self.endpoint = ""
+        # The DAG tags its clusters with this (emr.tags); the step runner runs only those.
+        self.tag = ("emr-box", base_dir.name)
         self._stack = contextlib.ExitStack()
 
     # --- start and stop -------------------------------------------------------------------
@@ -160,6 +162,7 @@ class EmrBox:
         )
         self.runner = self._stack.enter_context(
             StepRunner(
+                box_tag=self.tag,
                 master_url=self.spark.master_url,
                 box_dir=self.base_dir,
                 cluster_spark_defaults=self.cluster_spark_defaults,
@@ -216,6 +219,7 @@ class EmrBox:
         for section, values in box.items():
             config.setdefault(section, {}).update(values)
         config["data"]["corpus_path"] = corpus_uri
+        config["emr"]["tags"] = {**config["emr"].get("tags", {}), self.tag[0]: self.tag[1]}
         path = self.base_dir / "emr.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path

@@ -97,16 +97,20 @@ class StepRun:
 
 
 class StepRunner:
-    """A thread that executes the EMR steps of every cluster the moto backend holds (any region)."""
+    """A thread that executes the EMR steps of the clusters tagged `box_tag` in the moto backend
+    (any region). Only those: moto's backend is shared by every moto server in this process, and
+    a test's own harness may be moving the steps of other clusters."""
 
     def __init__(
         self,
+        box_tag: tuple[str, str],
         master_url: str,
         box_dir: Path,
         cluster_spark_defaults: Callable[[dict[str, str]], dict[str, str]],
         driver_env: Mapping[str, str],
         upload_log: Callable[[str, bytes], None],
     ) -> None:
+        self.box_tag = box_tag
         self.master_url = master_url
         self.box_dir = box_dir
         self.cluster_spark_defaults = cluster_spark_defaults
@@ -131,8 +135,10 @@ class StepRunner:
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.emr.models import emr_backends
 
+        key, value = self.box_tag
         regions = list(emr_backends[DEFAULT_ACCOUNT_ID].values())
-        return [cluster for backend in regions for cluster in list(backend.clusters.values())]
+        clusters = [cluster for backend in regions for cluster in list(backend.clusters.values())]
+        return [cluster for cluster in clusters if cluster._tags.get(key) == value]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
