@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from spark_jobs.common.config import PipelineConfig, load_config
-from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.errors import PipelineError, memory_failures_named
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.pipeline import STEP_NAMES
@@ -64,9 +64,10 @@ def _run_step(
             log.info("%s", note)
         with run_lease(run_dir(cfg.run.root, cfg.run.id), step):  # one writer per run
             run = _step_function(step)  # after the lease: a refused second writer waits for no import
-            if step == "train" and sys.stderr.isatty():
-                return _with_progress_bar(lambda: run(cfg, **kwargs))
-            return run(cfg, **kwargs)
+            with memory_failures_named(step):
+                if step == "train" and sys.stderr.isatty():
+                    return _with_progress_bar(lambda: run(cfg, **kwargs))
+                return run(cfg, **kwargs)
     except PipelineError as exc:
         _fail(exc, verbose)
 

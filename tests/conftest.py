@@ -41,6 +41,29 @@ os.environ.update(
 sys.path.insert(0, str(REPO / "plugins"))
 
 
+# Fixtures that build something costly once per pytest-xdist worker (a preprocess run, an
+# Airflow run): the tests that use one go to one worker together (`--dist loadgroup`), so it is
+# built once, not once per worker.
+SHARED_BUILDS = ("baseline", "bundled_preprocess", "quiet_run")
+# The longest groups start first, one per worker; the other tests fill in around them.
+LONGEST_GROUPS = ("box", "stack")
+
+
+def _group(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("xdist_group")
+    return marker.args[0] if marker is not None and marker.args else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist names the items by group
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = [name for name in SHARED_BUILDS if name in getattr(item, "fixturenames", ())]
+        if shared and _group(item) is None:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+    rank = {name: i for i, name in enumerate(LONGEST_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(rank)))  # stable: file order otherwise
+
+
 @pytest.fixture(autouse=True)
 def _spark_jobs_logs_propagate() -> None:
     """A step run in this process (configure_logging) stops `spark_jobs` logs from propagating to

@@ -26,7 +26,7 @@ def _model_params(config: PipelineConfig) -> dict[str, Param]:
             enum=list(MODEL_KINDS),
             title="Model kind",
             description="gpt: causal transformer (cross-entropy); mlp: the seed's network "
-            "(MSE to the next token's embedding, nearest-neighbour decoding).",
+            "(predicts the next token's embedding, nearest-neighbour decoding; model.mlp_loss scores it).",
         ),
         "strategy": Param(
             config.training.strategy,
@@ -103,7 +103,8 @@ def local_params(pipeline_raw: Mapping[str, Any], airflow: AirflowSettings) -> d
             # Nullable: the form treats a non-null string field as required, and "" as missing.
             type=["null", "string"],
             title="Embeddings",
-            description="A previous phase's embeddings (word2vec text or CSV); empty: train with Word2Vec.",
+            description="A previous phase's embeddings (word2vec text or CSV); empty: preprocess trains "
+            "them with Word2Vec when the model uses them (mlp).",
         ),
         **_model_params(config),
         "root": Param(
@@ -132,7 +133,8 @@ def emr_params(pipeline_raw: Mapping[str, Any], emr: EmrSettings) -> dict[str, P
             type=["null", "string"],
             pattern=r"^$|^s3a?://.+",
             title="Embeddings",
-            description="s3:// URI of a previous phase's embeddings; empty: train them with Word2Vec.",
+            description="s3:// URI of a previous phase's embeddings; empty: preprocess trains them with "
+            "Word2Vec when the model uses them (mlp).",
         ),
         **_model_params(config),
         "instance_type": Param(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from spark_jobs.common.config import PipelineConfig
-from spark_jobs.common.errors import InputError
+from spark_jobs.common.errors import InputError, names_partition
 from spark_jobs.data import corpus_blocks as blocks_io
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,14 @@ def read_corpus_blocks(spark, files: list[str], data) -> tuple[Any, CorpusPlan]:
 
     blocks = blocks_io.plan_blocks(blocks_io.file_sizes(files), data.read_block_bytes)
     on_error = data.on_decode_error
+
+    def read(items):
+        for index, block in items:
+            yield (index, *blocks_io.describe_block(block, on_error))
+
     texts = (
         spark.sparkContext.parallelize(list(enumerate(blocks)), max(1, len(blocks)))
-        .map(lambda item: (item[0], *blocks_io.describe_block(item[1], on_error)))
+        .mapPartitions(names_partition("preprocess", read))
         .persist(StorageLevel.MEMORY_AND_DISK)
     )  # rows (block index, text, BlockText); the text stays on the executors
     facts = [fact for _, fact in sorted(texts.map(lambda row: (row[0], row[2])).collect())]

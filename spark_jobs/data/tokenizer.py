@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from spark_jobs.common.errors import InputError
+from spark_jobs.common.errors import InputError, names_partition
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -158,4 +158,4 @@ def arrow_encoder(broadcast_json):
     def encode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         return encode_arrow_batches(broadcast_json.value, batches)
 
-    return encode
+    return names_partition("preprocess", encode)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from spark_jobs.common.config import PipelineConfig, load_config
-from spark_jobs.common.errors import PipelineError
+from spark_jobs.common.errors import PipelineError, memory_failures_named
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.run_ids import with_run_id
@@ -57,8 +57,8 @@ def run_step_main(step: str, step_fn: StepFunction, argv: list[str] | None = Non
         if note:
             log.info("%s", note)
         kwargs = {"resume": True} if args.resume else {}
-        with run_lease(run_dir(config.run.root, config.run.id), step):  # one writer per run
-            step_fn(config, **kwargs)
+        with run_lease(run_dir(config.run.root, config.run.id), step), memory_failures_named(step):
+            step_fn(config, **kwargs)  # one writer per run (the lease)
     except PipelineError as exc:
         if args.verbose:
             log.exception("%s failed", step)

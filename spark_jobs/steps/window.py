@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 
 from spark_jobs.common import finite_json, lineage, storage
 from spark_jobs.common.config import PipelineConfig
-from spark_jobs.common.errors import InputError
+from spark_jobs.common.errors import InputError, names_partition
 from spark_jobs.common.spark_session import get_spark
 from spark_jobs.data import parquet_files, window_chunks
 from spark_jobs.data.windows import (
@@ -272,7 +272,7 @@ def _chunks(
                 int(p), window_size, stride, ids, runs, chunk_doc_ids, chunk_doc_starts
             )
 
-    return routed.mapInArrow(cut, window_chunks.CHUNK_DDL)
+    return routed.mapInArrow(names_partition("window", cut), window_chunks.CHUNK_DDL)
 
 
 def _stream_from_segments(segments: pa.Table) -> tuple[int, np.ndarray]:

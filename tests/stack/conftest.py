@@ -92,11 +92,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
     home = Path(tempfile.mkdtemp(prefix="llm-decoder-stack-", dir="/tmp"))
     home.chmod(0o711)
 
-    # llm_decoder_local: a corpus slice; runs under base/root.
-    corpus = base / "corpus.txt"
-    corpus.write_text(corpus_slice(), encoding="utf-8")
-    local = {**LOCAL_CONFIG, "data": {**LOCAL_CONFIG["data"], "corpus_path": str(corpus)}}
-    local["airflow"] = {"retries": 0, "local_root": str(base / "root")}
+    if os.environ.get("LLM_DECODER_SCREENSHOTS"):
+        # Refreshing the README's screenshots: configs/local.yaml as it ships (the bundled corpus,
+        # the default model, ./output), so the pictures show what a user's `make stack` shows.
+        local = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+        local["airflow"] = {"retries": 0}
+        local_root = REPO / "output"
+    else:
+        # llm_decoder_local: a corpus slice; runs under base/root.
+        corpus = base / "corpus.txt"
+        corpus.write_text(corpus_slice(), encoding="utf-8")
+        local = {**LOCAL_CONFIG, "data": {**LOCAL_CONFIG["data"], "corpus_path": str(corpus)}}
+        local_root = base / "root"
+        local["airflow"] = {"retries": 0, "local_root": str(local_root)}
     (base / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
 
     # llm_decoder_emr: a cron of every minute, sensors deferred to the triggerer, against moto in
@@ -155,7 +163,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
         url = out.read_text().split("Airflow UI: ", 1)[1].split()[0]
         password = yaml.safe_load((home / "passwords.json").read_text())["admin"]
         yield StackUnderTest(
-            process, home, url, AirflowApi(url, "admin", password), base / "root", out,
+            process, home, url, AirflowApi(url, "admin", password), local_root, out,
             boto3.client("emr", endpoint_url=endpoint, region_name=REGION,
                          aws_access_key_id="test", aws_secret_access_key="test"),
         )  # fmt: skip
