@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -9,6 +10,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -132,9 +135,9 @@ class EmrHarness:
     collection has something to read. `hold_step` stays RUNNING until `release()` (forever if
     never released: a step that hangs). A failed step's logs go to the cluster's LogUri as
     EMR puts them (`<LogUri>/<cluster>/steps/<step>/stderr.gz`, stdout.gz) unless `step_logs` is
-    false (EMR has not uploaded them yet). `watched` holds the steps someone asked EMR about
-    (DescribeStep) while they were RUNNING (the conftest fixture records them); with
-    `until_watched`, a step ends only once its sensor has seen it running.
+    false (EMR has not uploaded them yet). `watched` counts, per step, the DescribeStep answers
+    that said RUNNING (`watches_recorded` below); with `until_watched` N, a step ends only once it
+    was seen running N times (2: by the sensor's first poke and by its trigger's first poll).
     """
 
     def __init__(
@@ -143,7 +146,7 @@ class EmrHarness:
         fail_step: str | None = None,
         step_seconds: float = 0.3,
         hold_step: str | None = None,
-        until_watched: bool = False,
+        until_watched: int = 0,
         step_logs: bool = True,
     ) -> None:
         self.s3 = s3_client
@@ -153,7 +156,7 @@ class EmrHarness:
         self.until_watched = until_watched
         self.step_logs = step_logs
         self.completed: list[str] = []
-        self.watched: set[str] = set()
+        self.watched: Counter[str] = Counter()
         self._released = threading.Event()
         self._started: dict[str, float] = {}
         self._stop = threading.Event()
@@ -208,7 +211,7 @@ class EmrHarness:
             return
         if name == self.hold_step and not self._released.is_set():
             return
-        if self.until_watched and name not in self.watched:
+        if self.watched[name] < self.until_watched:
             return
         active.end_date_time = utcnow()
         if name == self.fail_step:
@@ -272,3 +275,25 @@ class EmrHarness:
         elif step == "train":
             summary = {**METRICS_FIXTURE, "run_id": run_id}
             self.s3.put_object(Bucket=bucket, Key=f"{run}/metrics/summary.json", Body=json.dumps(summary))
+
+
+@contextlib.contextmanager
+def watches_recorded(harnesses: list[EmrHarness]) -> Iterator[None]:
+    """Count in each harness's `watched` the DescribeStep answers (moto, this process) that say
+    RUNNING: who asked is the step's sensor or its trigger."""
+    from moto.emr.models import ElasticMapReduceBackend
+
+    plain = ElasticMapReduceBackend.describe_step
+
+    def describe_step(self, cluster_id: str, step_id: str):
+        step = plain(self, cluster_id, step_id)
+        if step is not None and step.state == "RUNNING":
+            for each in harnesses:
+                each.watched[step_base_name(step.name)] += 1
+        return step
+
+    ElasticMapReduceBackend.describe_step = describe_step
+    try:
+        yield
+    finally:
+        ElasticMapReduceBackend.describe_step = plain

@@ -37,7 +37,7 @@ from airflow_testing import (  # noqa: E402
     emr_test_config,
     fresh_dag,
     mark_wheelhouse_staged,
-    step_base_name,
+    watches_recorded,
 )
 
 
@@ -145,27 +145,16 @@ def emr_moto(monkeypatch, s3):
 
 
 @pytest.fixture
-def harness(emr_moto, s3) -> Callable[..., EmrHarness]:
-    """harness(**kwargs): an EmrHarness that also learns which running steps were asked about."""
-    from moto.emr.models import ElasticMapReduceBackend
-
+def harness(emr_moto, s3) -> Iterator[Callable[..., EmrHarness]]:
+    """harness(**kwargs): an EmrHarness that also counts how often running steps were asked about."""
     made: list[EmrHarness] = []
-    plain_describe = ElasticMapReduceBackend.describe_step
-
-    def describe_step(self, cluster_id: str, step_id: str):
-        step = plain_describe(self, cluster_id, step_id)
-        if step is not None and step.state == "RUNNING":
-            for each in made:
-                each.watched.add(step_base_name(step.name))
-        return step
-
-    emr_moto.setattr(ElasticMapReduceBackend, "describe_step", describe_step)
 
     def make(**kwargs) -> EmrHarness:
         made.append(EmrHarness(s3, **kwargs))
         return made[-1]
 
-    return make
+    with watches_recorded(made):
+        yield make
 
 
 def task_states(dag_id: str, run_id: str) -> dict[str, str]:

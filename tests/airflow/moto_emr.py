@@ -23,14 +23,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins"))
 
-from airflow_testing import BUCKET, CORPUS_KEY, REGION, EmrHarness, corpus_slice  # noqa: E402
+from airflow_testing import BUCKET, CORPUS_KEY, REGION, EmrHarness, corpus_slice, watches_recorded  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--fail-step", choices=["preprocess", "window", "train"])
-    parser.add_argument("--step-seconds", type=float, default=0.3, help="how long each step runs")
+    parser.add_argument("--step-seconds", type=float, default=0.3, help="how long each step runs at least")
+    parser.add_argument(
+        "--until-watched", type=int, default=0, help="and until DescribeStep said RUNNING this many times"
+    )
     args = parser.parse_args()
 
     import boto3
@@ -52,7 +55,10 @@ def main() -> None:
     s3.put_object(Bucket=BUCKET, Key=CORPUS_KEY, Body=corpus_slice().encode())
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with EmrHarness(s3, fail_step=args.fail_step, step_seconds=args.step_seconds):
+    harness = EmrHarness(
+        s3, fail_step=args.fail_step, step_seconds=args.step_seconds, until_watched=args.until_watched
+    )
+    with watches_recorded([harness]), harness:
         print(f"moto with EMR steps on {endpoint}; s3://{BUCKET}/{CORPUS_KEY} ready", flush=True)
         try:
             stop.wait()

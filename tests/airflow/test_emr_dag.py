@@ -63,7 +63,7 @@ def all_cluster_ids(emr_client) -> set[str]:
 
 def test_success_path(dagbag, harness, s3, emr_client, caplog):
     before = all_cluster_ids(emr_client)
-    with harness(until_watched=True) as h:  # each sensor finds its step running, and defers
+    with harness(until_watched=1) as h:  # each sensor finds its step running, and defers
         state, tasks, tries = run_emr_dag(dagbag)
     assert state == "success", not_succeeded(tasks)
     assert set(tasks.values()) == {"success"}

@@ -108,15 +108,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUnderTest]:
     (base / "local.yaml").write_text(yaml.safe_dump(local, sort_keys=False))
 
     # llm_decoder_emr: a cron of every minute, sensors deferred to the triggerer, against moto in
-    # its own process (tests/airflow/moto_emr.py: its EMR harness runs each step 12 s, so every
-    # sensor finds its step RUNNING and defers). Not in this process: moto's backends are global,
-    # and this worker's later EMR tests would share them with a harness that moves their steps.
+    # its own process (tests/airflow/moto_emr.py: its EMR harness ends a step only once it was
+    # seen RUNNING twice, by the sensor's first poke and then by its trigger, however slowly the
+    # scheduler starts the sensor; a fixed time was raced under load). Not in this process:
+    # moto's backends are global, and this worker's later EMR tests would share them with a
+    # harness that moves their steps.
     moto_port = _free_port()
     moto_log = base / "moto.out"
     with open(moto_log, "wb") as sink:
         moto = subprocess.Popen(
             [sys.executable, str(REPO / "tests" / "airflow" / "moto_emr.py"), "--port", str(moto_port),
-             "--step-seconds", "12"],
+             "--step-seconds", "2", "--until-watched", "2"],
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     endpoint = f"http://127.0.0.1:{moto_port}"
