@@ -15,11 +15,12 @@ from typing import Annotated, Any
 import typer
 
 from spark_jobs.common.config import PipelineConfig, load_config
-from spark_jobs.common.errors import PipelineError, memory_failures_named
+from spark_jobs.common.errors import OutOfMemory, PipelineError, memory_failures_named
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.pipeline import STEP_NAMES
 from spark_jobs.common.run_ids import with_run_id
+from spark_jobs.common.spark_session import stop_spark
 from spark_jobs.common.storage import run_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -68,6 +69,9 @@ def _run_step(
                 if step == "train" and sys.stderr.isatty():
                     return _with_progress_bar(lambda: run(cfg, **kwargs))
                 return run(cfg, **kwargs)
+    except OutOfMemory as exc:
+        stop_spark()  # Spark logs the tasks it cancels a moment later: our line must be the last
+        _fail(exc, verbose)
     except PipelineError as exc:
         _fail(exc, verbose)
 

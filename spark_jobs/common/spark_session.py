@@ -59,3 +59,24 @@ def get_spark(config: PipelineConfig, step: str) -> SparkSession:
     spark.sparkContext.setLogLevel("WARN")
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def stop_spark() -> None:
+    """Stop this process's Spark, if it started one, before printing a failure: tasks that
+    Spark cancels after a failed job are logged by its JVM a moment later, and would otherwise
+    print after the error line that is meant to be the last."""
+    if "pyspark" not in sys.modules:
+        return
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is not None:
+        context.stop()
+    jvm = getattr(SparkContext._gateway, "proc", None)  # None under spark-submit: the JVM is our parent
+    if jvm is not None:
+        SparkContext._gateway.shutdown()
+        jvm.terminate()
+        jvm.wait(timeout=30)
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    sys.stderr.flush()

@@ -20,6 +20,7 @@ from spark_jobs.common.errors import PipelineError, memory_failures_named
 from spark_jobs.common.lease import run_lease
 from spark_jobs.common.logs import configure_logging
 from spark_jobs.common.run_ids import with_run_id
+from spark_jobs.common.spark_session import stop_spark
 from spark_jobs.common.storage import run_dir
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def run_step_main(step: str, step_fn: StepFunction, argv: list[str] | None = Non
     except PipelineError as exc:
         if args.verbose:
             log.exception("%s failed", step)
+        stop_spark()  # a failed job's cancelled tasks are logged later; the error line comes last
         print(f"error: {step}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
 
