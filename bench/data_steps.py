@@ -3,7 +3,7 @@
     .venv/bin/python bench/data_steps.py [--copies 10] [--window-size 64] [--stride 1]
 
 Runs both steps on the bundled corpus and on `--copies` copies of it laid end to end, and,
-in the same process, the single-process baseline: HF tokenizers `encode_batch` over the
+in the same process, the single-process baseline: HF tokenizers `encode_batch_fast` over the
 lines (with the tokenizer the preprocess step trained, so both do the same encoding) plus
 numpy `sliding_window_view` for the same train/val windows. Prints one JSON object.
 
@@ -39,7 +39,7 @@ def baseline(text: str, tokenizer_uri: str, window_size: int, stride: int, train
     began = time.perf_counter()
     parts = []
     for piece in (text[:train_chars], text[train_chars:]):
-        encodings = tokenizer.encode_batch(piece.splitlines(keepends=True))
+        encodings = tokenizer.encode_batch_fast(piece.splitlines(keepends=True))
         parts.append(np.fromiter((i for e in encodings for i in e.ids), dtype=np.int32))
     encoded = time.perf_counter()
     windows = 0

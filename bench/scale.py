@@ -10,10 +10,10 @@ wall seconds, tokens/s, peak RSS of the CLI's Python process (the driver), of th
 the Python workers (the largest one and the largest sum, from a psutil sample of the process
 tree every 0.2 s), and the bytes of the step's output folder.
 
-The single-process baseline, in this process: HF tokenizers `encode_batch` over the lines (with
+The single-process baseline, in this process: HF tokenizers `encode_batch_fast` over the lines (with
 the tokenizer the preprocess step trained), pyarrow writing the token ids as Parquet, and then
-what the window step writes (token-chunks: each chunk the tokens of `target_partition_size`
-windows plus their run, zstd Parquet). Its figures are `baseline`.
+what the window step writes (token-chunks: each chunk about `spark.window_chunk_tokens` tokens
+of windows plus their run, zstd Parquet). Its figures are `baseline`.
 
 Prints one JSON object (stdout), progress on stderr, and the issue's targets with pass/fail.
 `--write-table` also writes the per-core throughputs to bench/throughput.json, which
@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from spark_jobs.common.config import load_config
 from spark_jobs.data.tokenizer import load_tokenizer
+from spark_jobs.data.windows import windows_per_chunk
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "local.yaml"
@@ -165,7 +166,7 @@ def baseline(corpus: Path, preprocess_dir: Path, out: Path, window_size: int, pe
         lines = piece.splitlines(keepends=True)
         parts = []
         for i in range(0, len(lines), 50_000):  # batches: the Encoding objects of x100 are GBs
-            encodings = tokenizer.encode_batch(lines[i : i + 50_000])
+            encodings = tokenizer.encode_batch_fast(lines[i : i + 50_000])
             parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int32))
         streams[split] = np.concatenate(parts) if parts else np.zeros(0, np.int32)
     encoded = time.perf_counter()
@@ -228,7 +229,7 @@ def bench_scale(scale: int, args: argparse.Namespace, scratch: Path, text: str) 
         run / "preprocess",
         scratch / "baseline" / run_id,
         config.model.window_size,
-        config.spark.target_partition_size,
+        windows_per_chunk(config.spark.window_chunk_tokens, STRIDE),
     )
     result["baseline"]["same_tokens"] = result["baseline"]["tokens"] == result["tokens"]
     progress(f"x{scale}: baseline {result['baseline']['seconds']:.1f} s")

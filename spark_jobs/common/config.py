@@ -52,8 +52,11 @@ class SparkConfig(_Section):
     # Executors of each step, except a train step whose workers run on executors (ddp with
     # ddp_local_mode: false, parameter_averaging): it asks for training.num_workers, one per worker.
     num_executors: int = Field(2, gt=0)
-    # Rows (windows or token segments) per output partition.
+    # Token segments (up to 8192 characters of text each) per preprocess partition.
     target_partition_size: int = Field(20_000, gt=0)
+    # Tokens per window chunk: one window-step partition, one Parquet file (4 bytes a token
+    # before compression). A Spark task costs a fixed ~0.4 s, so chunks are large.
+    window_chunk_tokens: int = Field(1_000_000, gt=0)
     # Extra Spark properties, passed through as-is (e.g. spark.sql.shuffle.partitions).
     conf: dict[str, str] = Field(default_factory=dict)
 

@@ -148,6 +148,12 @@ def plan_partitions(runs: list[Run], stride: int, rows_per_partition: int) -> li
     return [_slice_runs(runs, stride, bounds[p], bounds[p + 1]) for p in range(n)]
 
 
+def windows_per_chunk(chunk_tokens: int, stride: int) -> int:
+    """How many windows make a chunk of about `chunk_tokens` tokens: each window after a run's
+    first adds `stride` tokens (a run keeps the tokens a large stride skips; see chunk_tokens)."""
+    return max(1, chunk_tokens // stride)
+
+
 def _slice_runs(runs: list[Run], stride: int, first: int, stop: int) -> list[Run]:
     """The windows with global index in [first, stop) of the runs, as runs."""
     sliced, seen = [], 0

@@ -11,9 +11,9 @@ The driver collects only segment lengths and plans the output partitions with
 need it, and each partition lays its segments end to end and keeps the tokens its windows
 read as one chunk row. `collect_list` over the stream would put it all in one partition; this
 never does. Output partition p defines windows [p * total // n, (p + 1) * total // n) of the
-stream order (n = ceil(total / spark.target_partition_size)), one Parquet file each, so a
-re-run writes the same files; data_distribution.json reads the windows of each file back
-from its run_counts. No window is materialized: training cuts them on the fly
+stream order (n = ceil(total / w), w the windows of spark.window_chunk_tokens tokens), one
+Parquet file each, so a re-run writes the same files; data_distribution.json reads the
+windows of each file back from its run_counts. No window is materialized: training cuts them on the fly
 (`spark_jobs.data.loader`), so the output is about the size of the token stream at any stride.
 
 A stride larger than window_size + 1 is allowed (the tokens between two windows are in
@@ -54,6 +54,7 @@ from spark_jobs.data.windows import (
     token_span,
     validation_starts,
     window_runs,
+    windows_per_chunk,
 )
 from spark_jobs.reporting.spark_metrics import record_step_metrics
 from spark_jobs.steps.entrypoint import run_step_main
@@ -95,7 +96,8 @@ def run(config: PipelineConfig, **_: Any) -> dict:
         runs = window_runs(ranges[split], window_size, stride)
         if not runs:
             raise InputError(_no_windows_message(split, ranges[split], config, tokens_uri))
-        plans[split] = plan_partitions(runs, stride, config.spark.target_partition_size)
+        per_chunk = windows_per_chunk(config.spark.window_chunk_tokens, stride)
+        plans[split] = plan_partitions(runs, stride, per_chunk)
     keys = partition_keys(spark, [len(plan) for plan in plans.values()])
 
     distribution: dict[str, Any] = {

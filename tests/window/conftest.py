@@ -99,7 +99,11 @@ def window_config(tmp_path: Path) -> Callable[..., PipelineConfig]:
     ) -> PipelineConfig:
         return validate_config(
             {
-                "spark": {"master": "local[2]", "target_partition_size": rows_per_partition},
+                # rows_per_partition windows per chunk: each adds `stride` tokens
+                "spark": {
+                    "master": "local[2]",
+                    "window_chunk_tokens": rows_per_partition * stride,
+                },
                 "model": {"window_size": window_size},
                 "training": {"train_split": round(1 - valid_split, 10), "valid_split": valid_split},
                 "data": {"window_stride": stride, "split_by": split_by},

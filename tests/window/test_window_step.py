@@ -234,7 +234,7 @@ def test_preprocess_then_window_decodes_back_to_the_corpus(spark, tmp_path: Path
 
     config = validate_config(
         {
-            "spark": {"master": "local[2]", "target_partition_size": 2000},
+            "spark": {"master": "local[2]", "window_chunk_tokens": 2000},
             "model": {"window_size": 16, "embedding_size": 16},
             "data": {"corpus_path": str(small_corpus), "vocab_size": 300, "window_stride": 1},
             "run": {"root": str(tmp_path), "id": "e2e"},
@@ -334,7 +334,7 @@ def bundled_preprocess(tmp_path_factory: pytest.TempPathFactory, corpus_path: Pa
     def config(run_id: str, split_by: str, window_size: int = 16, stride: int = 1):
         return validate_config(
             {
-                "spark": {"master": "local[2]", "target_partition_size": 1000},
+                "spark": {"master": "local[2]", "window_chunk_tokens": 1000 * stride},
                 "model": {"window_size": window_size, "embedding_size": 16},
                 "data": {
                     "corpus_path": str(corpus),

@@ -14,6 +14,7 @@ from spark_jobs.data.windows import (
     partition_stats,
     plan_partitions,
     routing_keys,
+    run_token_counts,
     segment_offsets,
     skipped_tokens_per_stride,
     split_point,
@@ -23,6 +24,7 @@ from spark_jobs.data.windows import (
     window_count,
     window_runs,
     window_starts,
+    windows_per_chunk,
 )
 
 
@@ -83,6 +85,18 @@ def test_partitions_are_balanced_and_keep_every_window_in_order() -> None:
     spans = [token_span(p, window_size, stride) for p in plan]
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(spans, spans[1:], strict=False))
     assert spans[0][0] == 0 and spans[-1][1] == 305
+
+
+@pytest.mark.parametrize("stride", [1, 3, 20])
+def test_a_chunk_holds_about_window_chunk_tokens_tokens_at_any_stride(stride: int) -> None:
+    window_size, chunk_tokens = 8, 1000
+    runs = window_runs([(0, 50_000)], window_size, stride)
+    plan = plan_partitions(runs, stride, windows_per_chunk(chunk_tokens, stride))
+    tokens = [int(run_token_counts(np.array([r.count for r in p]), window_size, stride).sum()) for p in plan]
+    assert len(plan) > 10
+    # the plan balances its partitions: n = ceil(windows / per chunk), so none is under (n - 1) / n
+    assert all(0.9 * chunk_tokens <= t <= chunk_tokens + window_size + 1 for t in tokens), tokens
+    assert windows_per_chunk(5, stride=20) == 1  # a window longer than a chunk: one window each
 
 
 def test_assign_segments_matches_brute_force() -> None:
