@@ -12,10 +12,12 @@ Python workers import this module, so its top level imports only what encoding n
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from spark_jobs.common.errors import InputError, names_partition
@@ -131,9 +133,14 @@ def cached_tokenizer(tokenizer_json: str) -> Tokenizer:
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str]) -> pa.ListArray:
     """Token ids of each text as an Arrow list<int32> column (batch encode, threads in Rust;
-    the fast form skips the offsets nobody reads)."""
-    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-    return pa.array([e.ids for e in encodings], type=pa.list_(pa.int32()))
+    the fast form skips the offsets nobody reads). The ids go through numpy: `pa.array` of
+    nested Python lists took half as long again as the encoding itself."""
+    ids = [encoding.ids for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 # Segments per encode call inside a worker: a tokenizer Encoding costs far more than its ids,
