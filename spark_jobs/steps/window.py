@@ -13,8 +13,9 @@ read as one chunk row. `collect_list` over the stream would put it all in one pa
 never does. Output partition p defines windows [p * total // n, (p + 1) * total // n) of the
 stream order (n = ceil(total / w), w the windows of spark.window_chunk_tokens tokens), one
 Parquet file each, so a re-run writes the same files; data_distribution.json reads the
-windows of each file back from its run_counts. No window is materialized: training cuts them on the fly
-(`spark_jobs.data.loader`), so the output is about the size of the token stream at any stride.
+windows of each file back from its run_counts. No window is materialized: training cuts
+them on the fly (`spark_jobs.data.loader`), so the output is about the size of the token
+stream at any stride.
 
 A stride larger than window_size + 1 is allowed (the tokens between two windows are in
 none of them) and logged as a warning: it is a way to subsample a large corpus.
@@ -91,12 +92,11 @@ def run(config: PipelineConfig, **_: Any) -> dict:
     docs = document_ranges(segments["doc_id"], segments["offset"], segments["length"])
     val_starts = validation_starts(segments, docs[0], docs[2], recorded_split["val_first_segment"])
     ranges = split_ranges(docs[1], docs[2], val_starts, config.data.split_by)
-    plans = {}
+    plans, per_chunk = {}, windows_per_chunk(config.spark.window_chunk_tokens, stride)
     for split in SPLITS:
         runs = window_runs(ranges[split], window_size, stride)
         if not runs:
             raise InputError(_no_windows_message(split, ranges[split], config, tokens_uri))
-        per_chunk = windows_per_chunk(config.spark.window_chunk_tokens, stride)
         plans[split] = plan_partitions(runs, stride, per_chunk)
     keys = partition_keys(spark, [len(plan) for plan in plans.values()])
 
