@@ -1,12 +1,12 @@
 """Windows for training: the window step's token chunks, cut into windows on the fly; the
 seeded order of minibatches.
 
-A `WindowSet` holds a split's token stream (its chunks' ids, concatenated) and where each
-window starts in it; `windows[rows]` copies just those rows out of a sliding-window view, so
-no window is ever stored. Sharding interleaves windows (rank r gets windows r, r + world,
-r + 2·world, ...), and every rank walks its shard in the same order, so with
-`training.shuffle=false` the ranks' batches of size b together are exactly the single
-process's batches of size world·b.
+A `WindowSet` holds a token stream (chunks' ids, concatenated) and where each window starts
+in it; `windows[rows]` copies just those rows out of a sliding-window view, so no window is
+ever stored. A shard is a contiguous range of the split's windows (rank r of n gets the r-th
+of n equal ranges), and a rank reads only the chunks that hold its range and keeps only the
+tokens its windows read: its memory is O(its shard), not O(the split). Each rank walks its
+shard in its own seeded order; DDP's global batch k is every rank's batch k.
 """
 
 from __future__ import annotations
@@ -66,14 +66,19 @@ class WindowSet:
         """Every window as one int64 array [N, W+1] (a copy: (W+1) * 8 bytes per window)."""
         return self[:].numpy()
 
-    def shard(self, shard: int, num_shards: int) -> WindowSet:
-        """Windows shard, shard + num_shards, ...; every shard the same count (the rest dropped).
-        The shard shares this set's stream."""
-        if not 0 <= shard < num_shards:
-            raise ValueError(f"shard {shard} out of range for {num_shards} shards")
-        rows = np.arange(len(self) // num_shards, dtype=np.int64) * num_shards + shard
+    def between(self, begin: int, end: int) -> WindowSet:
+        """Windows begin..end-1, holding just the tokens they read (a copy when that is fewer)."""
+        starts = self.starts[begin:end]
+        if not len(starts):
+            return WindowSet(self.stream[: self.window_size + 1].copy(), starts, self.window_size)
+        first, last = int(starts[0]), int(starts[-1]) + self.window_size + 1
+        whole = first == 0 and last == len(self.stream)
         return WindowSet(
-            self.stream, self.starts[rows], self.window_size, self.doc_ids[rows], self.positions[rows]
+            self.stream if whole else self.stream[first:last].copy(),
+            starts - first,
+            self.window_size,
+            self.doc_ids[begin:end],
+            self.positions[begin:end],
         )
 
 
@@ -83,7 +88,11 @@ def read_window_set(window_dir: str, split: str) -> WindowSet:
     Every file is read, or the read fails naming the file: a truncated file is never skipped.
     """
     uri = _split_uri(window_dir, split)
-    chunks = window_chunks.read_chunks(uri)
+    return _window_set(uri, window_chunks.read_chunks(uri))
+
+
+def _window_set(uri: str, chunks: list[window_chunks.Chunk]) -> WindowSet:
+    """The windows of consecutive chunks, in order of global start."""
     sizes = {(chunk.window_size, chunk.stride) for chunk in chunks}
     if len(sizes) != 1:
         raise InputError(f"{uri}: chunks with different window sizes or strides {sorted(sizes)}")
@@ -108,20 +117,33 @@ def read_window_set(window_dir: str, split: str) -> WindowSet:
 
 def count_windows(window_dir: str, split: str) -> int:
     """The windows a split's files define, from their run_counts alone (no tokens are read)."""
-    return sum(window_chunks.windows_per_file(_split_uri(window_dir, split)).values())
+    return sum(entry.windows for entry in window_chunks.chunk_index(_split_uri(window_dir, split)))
 
 
 def load_windows(window_dir: str, split: str, shard: int = 0, num_shards: int = 1) -> WindowSet:
     """The windows of `split` ("train" or "val"); shard `shard` of `num_shards`.
 
-    Every shard gets the same number of windows (the remainder is dropped), so DDP ranks run
-    the same number of steps. Each rank holds the split's whole token stream (~4 bytes per
-    token) plus 8 bytes per window of its shard.
+    Shard r is windows [r·n, (r+1)·n) of the split in order of global start, n = windows //
+    num_shards (the remainder is dropped, so DDP ranks run the same number of steps). Only the
+    chunks that hold those windows are read, and the shard keeps only the tokens they read
+    (~4 bytes per token of its range) plus 8 bytes per window.
     """
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} out of range for {num_shards} shards")
-    windows = read_window_set(window_dir, split).shard(shard, num_shards)
-    log.info("loaded %d %s windows (shard %d/%d)", len(windows), split, shard, num_shards)
+    uri = _split_uri(window_dir, split)
+    index = window_chunks.chunk_index(uri)
+    ends = np.cumsum([entry.windows for entry in index])
+    per_shard = int(ends[-1]) // num_shards
+    first, last = shard * per_shard, (shard + 1) * per_shard
+    # the chunks whose windows overlap [first, last); one chunk for an empty shard
+    needed = [i for i, end in enumerate(ends) if end > first and end - index[i].windows < last] or [0]
+    offset = int(ends[needed[0]] - index[needed[0]].windows)  # windows before the first chunk read
+    chunks = window_chunks.read_chunks(uri, [index[i] for i in needed])
+    windows = _window_set(uri, chunks).between(first - offset, last - offset)
+    log.info(
+        "loaded %d %s windows (shard %d/%d: %d of %d chunks, %d tokens)",
+        len(windows), split, shard, num_shards, len(needed), len(index), len(windows.stream),
+    )  # fmt: skip
     return windows
 
 

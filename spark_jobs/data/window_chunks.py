@@ -19,7 +19,8 @@ the stream (plus window_size tokens of overlap per partition), whatever the stri
 
 Readers check every footer first (a truncated file fails by name), refuse the older
 one-row-per-window layout with a one-line hint, and refuse a chunk whose ids do not hold
-what its runs need.
+what its runs need. The run columns alone say which chunks hold which windows
+(`chunk_index`), so a reader of a range of windows reads only those chunks' tokens.
 """
 
 from __future__ import annotations
@@ -142,13 +143,44 @@ def windows_per_file(split_uri: str) -> dict[str, int]:
     return counts
 
 
-def read_chunks(split_uri: str) -> list[Chunk]:
-    """Every chunk of a split, in order of global start; a chunk whose ids are not what its
-    runs read is an InputError naming the file."""
-    chunks = []
+@dataclass(frozen=True)
+class ChunkEntry:
+    """Where one chunk is and which windows it holds, from its run columns alone."""
+
+    uri: str
+    row: int
+    first_start: int  # global start of its first window: chunks sort by it
+    windows: int
+
+
+def chunk_index(split_uri: str) -> list[ChunkEntry]:
+    """Every chunk of a split in order of global start, read from the run columns (no tokens):
+    what a reader needs to pick the chunks that hold a range of windows."""
+    entries = []
     for uri in chunk_files(split_uri):
-        table = parquet_files.read_table(uri, CHUNK_SCHEMA.names)
+        table = parquet_files.read_table(uri, ["run_starts", "run_counts"])
         for row in range(table.num_rows):
+            starts, counts = _values(table, "run_starts", row), _values(table, "run_counts", row)
+            if not len(starts) or len(starts) != len(counts):
+                raise InputError(f"{uri}: not a valid window chunk (window_size, stride or runs)")
+            entries.append(ChunkEntry(uri, row, int(starts[0]), int(counts.sum())))
+    # Spark writes partitions in no guaranteed order: sort so every reader sees the same windows.
+    return sorted(entries, key=lambda entry: entry.first_start)
+
+
+def read_chunks(split_uri: str, entries: list[ChunkEntry] | None = None) -> list[Chunk]:
+    """The chunks `entries` name (default: every chunk of the split), in order of global start;
+    only their files are read. A chunk whose ids are not what its runs read is an InputError
+    naming the file."""
+    if entries is None:
+        entries = chunk_index(split_uri)
+    rows_of: dict[str, set[int]] = {}
+    for entry in entries:
+        rows_of.setdefault(entry.uri, set()).add(entry.row)
+    chunks = []
+    for uri, rows in rows_of.items():
+        table = parquet_files.read_table(uri, CHUNK_SCHEMA.names)
+        for row in sorted(rows):
             chunk = Chunk(
                 part=int(table.column("part")[row].as_py()),
                 window_size=int(table.column("window_size")[row].as_py()),
@@ -157,7 +189,6 @@ def read_chunks(split_uri: str) -> list[Chunk]:
             )
             _check(chunk, uri)
             chunks.append(chunk)
-    # Spark writes partitions in no guaranteed order: sort so every reader sees the same windows.
     return sorted(chunks, key=lambda chunk: int(chunk.run_starts[0]))
 
 

@@ -6,13 +6,17 @@ import json
 import logging
 import math
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch import nn
 
 from spark_jobs.common.config import TrainingConfig
-from spark_jobs.common.errors import TrainingError
+from spark_jobs.common.errors import InputError, TrainingError
 from spark_jobs.data.loader import batch_order, load_windows
+from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.reporting.train_metrics import (
     MetricsWriter,
     bits_per_char,
@@ -57,21 +61,44 @@ def test_batch_order_is_seeded_per_epoch_and_drops_the_partial_batch():
     assert torch.equal(torch.cat(batch_order(25, 5, 0, 1, shuffle=False)), torch.arange(25))
 
 
-def test_shards_interleave_disjointly_and_in_a_stable_order(run_root):
+def test_shards_are_contiguous_ranges_of_the_windows_in_a_stable_order(run_root):
     window_dir = str(run_root / "runs" / "base" / "window")
     everything = load_windows(window_dir, "train")[:]
     assert everything.dtype == torch.int64 and everything.shape[1] == 17
     # consecutive windows overlap by W+1-stride tokens: the rows come back in stream order
     assert torch.equal(everything[1:, : 17 - 4], everything[:-1, 4:])
     shards = [load_windows(window_dir, "train", shard=r, num_shards=2) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == len(everything) // 2
-    assert torch.equal(shards[0][:], everything[0 : 2 * len(shards[0]) : 2])
-    assert torch.equal(shards[1][:], everything[1 : 2 * len(shards[1]) : 2])
+    n = len(everything) // 2
+    assert len(shards[0]) == len(shards[1]) == n
+    assert torch.equal(shards[0][:], everything[:n]) and torch.equal(shards[1][:], everything[n : 2 * n])
     # a batch of rows is those windows, whatever the index type; columns can be cut too
     rows = torch.tensor([5, 0, 3])
-    assert torch.equal(shards[1][rows], everything[[11, 1, 7]])
-    assert torch.equal(shards[1][rows.numpy()], everything[[11, 1, 7]])
-    assert torch.equal(shards[1][:, 2:5], everything[1 : 2 * len(shards[1]) : 2, 2:5])
+    assert torch.equal(shards[1][rows], everything[[n + 5, n, n + 3]])
+    assert torch.equal(shards[1][rows.numpy()], everything[[n + 5, n, n + 3]])
+    assert torch.equal(shards[1][:, 2:5], everything[n : 2 * n, 2:5])
+
+
+def test_a_shard_reads_only_its_own_chunks_and_keeps_only_its_tokens(tmp_path):
+    window, stride = 8, 3
+    stream = np.arange(4_000, dtype=np.int32) % 997
+    total = write_stream_split(str(tmp_path / "train"), stream, 0, window, stride, files=4)
+    everything = load_windows(str(tmp_path), "train")
+    shards = [load_windows(str(tmp_path), "train", r, 4) for r in range(4)]
+    n = total // 4
+    for r, shard in enumerate(shards):
+        assert torch.equal(shard[:], everything[r * n : (r + 1) * n])
+        # its tokens, no more (plus a chunk boundary's overlap, read by both chunks' windows)
+        assert (n - 1) * stride + window + 1 <= len(shard.stream) <= n * stride + 2 * window + 2
+    # spoil the last chunk's tokens (its runs still say what it holds): only its reader fails
+    files = sorted((tmp_path / "train").glob("*.parquet"))
+    last = files[0]  # write_stream_split names files in reverse stream order
+    table = pq.read_table(last)
+    ids = pa.array([table.column("ids")[0].values.to_numpy()[:-1]], pa.list_(pa.int32()))
+    pq.write_table(table.set_column(table.schema.get_field_index("ids"), "ids", ids), last)
+    for r in range(3):
+        assert torch.equal(load_windows(str(tmp_path), "train", r, 4)[:], shards[r][:])
+    with pytest.raises(InputError, match=rf"{last.name}: part 3 holds"):
+        load_windows(str(tmp_path), "train", 3, 4)
 
 
 def test_bits_per_char_converts_nats_per_token():
