@@ -82,6 +82,9 @@ class ModelConfig(_Section):
     # mlp: "mse" / "cosine" regress the next token's embedding (the seed); "softmax" scores the
     # predicted embedding against the whole frozen table (dot products) with cross-entropy.
     mlp_loss: Literal["mse", "cosine", "softmax"] = "mse"
+    # mlp with the softmax loss: score against a trained copy of the table (initialised from
+    # it; the input table stays frozen) instead of the frozen table itself.
+    mlp_train_output_table: bool = False
 
     @property
     def uses_embeddings(self) -> bool:
@@ -95,6 +98,8 @@ class ModelConfig(_Section):
                 f"model.embedding_size ({self.embedding_size}) must be divisible by "
                 f"model.num_heads ({self.num_heads})"
             )
+        if self.mlp_train_output_table and (self.kind != "mlp" or self.mlp_loss != "softmax"):
+            raise ValueError("model.mlp_train_output_table needs model.kind=mlp and model.mlp_loss=softmax")
         return self
 
 

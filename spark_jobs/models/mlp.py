@@ -6,6 +6,10 @@ ReLU layers of hidden_size → linear to D → MSE (or cosine) loss to the targe
 A predicted embedding becomes a token by nearest neighbour (cosine) over the embedding table,
 not by an argmax over outputs the network never trained (the seed's flaw).
 
+With `mlp_loss: softmax` the predicted embedding is scored instead against every token: dot
+products with the frozen table (or, with `mlp_train_output_table`, a trained copy of it) plus
+a learned bias per token, under cross-entropy; that gives the model a likelihood.
+
 Contexts shorter than W (generation from a short prompt) are left-padded with zero vectors:
 the padded positions carry their positional encoding but no token, and the real tokens keep
 the positions nearest the prediction, as in training.
@@ -55,6 +59,12 @@ class MLPDecoder(DecoderModel):
             width = cfg.hidden_size
         self.hidden = nn.Sequential(*layers)
         self.out = nn.Linear(width, D)
+        if self.has_likelihood:
+            # A bias per token carries its frequency, which dot products with a fixed table
+            # cannot; the table scored against is the frozen one or a trained copy of it.
+            self.token_bias = nn.Parameter(torch.zeros(vocab_size))
+            if cfg.mlp_train_output_table:
+                self.output_table = nn.Parameter(embeddings.detach().clone().float())
 
     def predict_embedding(self, context: torch.Tensor) -> torch.Tensor:
         """context [B, T], T <= W → predicted next-token embedding [B, D]."""
@@ -79,7 +89,8 @@ class MLPDecoder(DecoderModel):
         """Next-token scores [B, vocab]: logits (dot products with the table) under the softmax
         loss, cosine similarities (nearest-neighbour decoding) under the regression losses."""
         if self.has_likelihood:
-            return predicted @ self.embeddings.T
+            table = self.output_table if self.cfg.mlp_train_output_table else self.embeddings
+            return predicted @ table.T + self.token_bias
         return self.similarities(predicted)
 
     def _losses(self, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -164,3 +164,26 @@ def test_mlp_softmax_loss_scores_the_whole_table(make_config, vocab_size, embedd
         out.loss.item(), rel=1e-5
     )
     torch.testing.assert_close(model.next_token_scores(batch[:, :WINDOW]), logits.expand(len(batch), -1))
+
+
+def test_mlp_softmax_trains_a_token_bias_and_optionally_its_own_output_table(
+    make_config, vocab_size, embeddings, windows
+):
+    """The input table stays frozen; what the softmax scores against is the frozen table plus a
+    learned per-token bias, or (mlp_train_output_table) a trained copy of the table."""
+    for trained_table in (False, True):
+        model = build_model(
+            make_config("mlp", mlp_loss="softmax", mlp_train_output_table=trained_table),
+            vocab_size,
+            embeddings,
+        )
+        names = {name for name, _ in model.named_parameters()}
+        assert "token_bias" in names and ("output_table" in names) == trained_table
+        assert "embeddings" not in names  # a buffer
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(windows).loss.backward()
+        optimizer.step()
+        torch.testing.assert_close(model.embeddings, embeddings.float())
+        assert model.token_bias.abs().sum() > 0
+        if trained_table:
+            assert not torch.allclose(model.output_table, embeddings.float())
