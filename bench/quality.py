@@ -76,15 +76,15 @@ def gpt_local(root: str, corpus: str, overrides: tuple[str, ...] = ()) -> dict:
     }
 
 
-def mlp_softmax(root: str, corpus: str, source_run: str, budget_s: float) -> dict:
+def mlp_softmax(root: str, corpus: str, budget_s: float) -> dict:
     """The seed's network (16-token context) with the softmax loss, for a wall-clock budget."""
     sets = ("model.kind=mlp", "model.mlp_loss=softmax", "model.window_size=16", "model.num_layers=2",
             "data.window_stride=1", "training.batch_size=64", "training.eval_interval=1000000",
             "training.checkpoint_interval=1000000")  # fmt: skip
     probe = local_config(root, "mlp", corpus, *sets)
-    run_dir = storage.run_dir(root, "mlp")
-    os.makedirs(run_dir, exist_ok=True)  # the same tokenizer and embeddings as gpt_local
-    os.symlink(storage.join(source_run, "preprocess"), storage.join(run_dir, "preprocess"))
+    # Its own preprocess: the same tokenizer and split as gpt_local's (same corpus and data
+    # settings), plus the Word2Vec table that only a model using embeddings gets.
+    preprocess.run(probe)
     window.run(probe)
     inputs = train.resolve_inputs(probe)
     steps = calibrate_steps(probe, load_windows(inputs.window_dir, "train"), inputs, budget_s)
@@ -215,7 +215,7 @@ def main() -> None:
     chars = results["gpt_local"]["val_chars_scored"]
     vocab = json.loads(Path(run_dir, "preprocess", "stats.json").read_text())["vocab_size"]
     results["bigram"] = bigram(storage.join(run_dir, "window"), vocab, chars)
-    results["mlp"] = mlp_softmax(root, args.corpus, run_dir, 10.0 if args.quick else args.mlp_budget_s)
+    results["mlp"] = mlp_softmax(root, args.corpus, 10.0 if args.quick else args.mlp_budget_s)
     results["char_nanogpt"] = char_nanogpt(
         args.corpus, split["chars"]["train"], 20.0 if args.quick else args.budget_s, args.iterations
     )
