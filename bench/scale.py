@@ -1,6 +1,7 @@
 """Scale benchmark: the real CLI's steps on the bundled corpus x1, x10, x100, against one process.
 
     .venv/bin/python bench/scale.py [--scales 1,10,100] [--train-scale 10] [--write-table] [--keep]
+                                    [--train-runs single,ddp_2w,ddp_1w,...]
 
 For each scale (copies of data/tinyshakespeare.txt laid end to end) it runs `llm-decoder
 preprocess` and `window` (stride 1) as subprocesses of `python -m spark_jobs.cli`, and on the
@@ -236,21 +237,27 @@ def bench_scale(scale: int, args: argparse.Namespace, scratch: Path, text: str) 
 
     if scale == args.train_scale:
         result["train"] = bench_training(
-            overrides, run, log, config.training.batch_size, config.model.window_size
+            overrides, run, log, config.training.batch_size, config.model.window_size, args.train_runs
         )
     if not args.keep:
         corpus.unlink()
     return result
 
 
+def run_name(strategy: str, workers: int) -> str:
+    return f"{strategy}_{workers}w" if strategy != "single" else "single"
+
+
 def bench_training(
-    overrides: list[str], data_run: Path, log: Path, batch_size: int, window_size: int
+    overrides: list[str], data_run: Path, log: Path, batch_size: int, window_size: int, wanted: set[str]
 ) -> dict:
     """50 steps of each strategy on this scale's windows, each in a run of its own: a run's
     checkpoints would otherwise carry one strategy's steps into the next."""
     results = {}
     for strategy, workers in TRAIN_RUNS:
-        name = f"{strategy}_{workers}w" if strategy != "single" else "single"
+        name = run_name(strategy, workers)
+        if name not in wanted:
+            continue
         run = data_run.with_name(f"{data_run.name}-{name}")
         for step in ("preprocess", "window"):  # lineage compares content ids, not paths
             shutil.copytree(data_run / step, run / step)
@@ -315,6 +322,8 @@ def targets(scales: dict[int, dict], train_scale: int) -> dict[str, Any]:
     train = scales.get(train_scale, {}).get("train")
     if train:
         for strategy in ("ddp", "parameter_averaging"):
+            if f"{strategy}_2w" not in train or f"{strategy}_1w" not in train:
+                continue
             two, one = train[f"{strategy}_2w"], train[f"{strategy}_1w"]
             wall = two["tokens_per_s"] / one["tokens_per_s"]
             loop = (
@@ -387,7 +396,16 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=REPO / "data" / "tinyshakespeare.txt")
     parser.add_argument("--write-table", action="store_true", help="write bench/throughput.json")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    all_runs = [run_name(strategy, workers) for strategy, workers in TRAIN_RUNS]
+    parser.add_argument(
+        "--train-runs", default=",".join(all_runs), help="which training runs, of " + ", ".join(all_runs)
+    )
     args = parser.parse_args()
+    args.train_runs = set(args.train_runs.split(","))
+    if args.train_runs - set(all_runs):
+        parser.error(
+            f"--train-runs: unknown {sorted(args.train_runs - set(all_runs))}; choose from {all_runs}"
+        )
     wanted = sorted({int(s) for s in args.scales.split(",")})
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-scale-", dir="/tmp"))
@@ -406,7 +424,7 @@ def main() -> None:
         "scales": {f"x{scale}": figures for scale, figures in scales.items()},
         "targets": targets(scales, args.train_scale),
     }
-    if args.write_table and args.train_scale in scales:
+    if args.write_table and args.train_scale in scales and args.train_runs == set(all_runs):
         table = throughput_table(scales, args.train_scale)
         (REPO / "bench" / "throughput.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
         result["table_written"] = str(REPO / "bench" / "throughput.json")

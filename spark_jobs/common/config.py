@@ -85,6 +85,10 @@ class ModelConfig(_Section):
     # mlp with the softmax loss: score against a trained copy of the table (initialised from
     # it; the input table stays frozen) instead of the frozen table itself.
     mlp_train_output_table: bool = False
+    # mlp with the softmax loss: train the input table too (initialised from Word2Vec). The
+    # softmax then scores against this same table (tied, as in nanoGPT's wte) unless
+    # mlp_train_output_table asks for a separate copy.
+    mlp_train_input_table: bool = False
 
     @property
     def uses_embeddings(self) -> bool:
@@ -100,6 +104,9 @@ class ModelConfig(_Section):
             )
         if self.mlp_train_output_table and (self.kind != "mlp" or self.mlp_loss != "softmax"):
             raise ValueError("model.mlp_train_output_table needs model.kind=mlp and model.mlp_loss=softmax")
+        if self.mlp_train_input_table and (self.kind != "mlp" or self.mlp_loss != "softmax"):
+            # A regression loss to a table that is itself trained collapses both to one point.
+            raise ValueError("model.mlp_train_input_table needs model.kind=mlp and model.mlp_loss=softmax")
         return self
 
 

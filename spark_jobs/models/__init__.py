@@ -65,6 +65,11 @@ class DecoderModel(nn.Module, abc.ABC):
     def flops_per_sample(self) -> int:
         """Forward + backward FLOPs for one window, for FLOP-utilisation figures."""
 
+    def token_tables(self) -> list[nn.Parameter]:
+        """Trained tables of per-token vectors outside nn.Embedding (the mlp's), which the
+        optimizer leaves undecayed as it does embeddings."""
+        return []
+
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

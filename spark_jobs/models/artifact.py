@@ -87,7 +87,8 @@ def save_model(
         with open(weights, "rb") as handle:
             storage.write_bytes(storage.join(out_uri, WEIGHTS_FILE), handle.read())
     if model.kind == "mlp":
-        table = {"embeddings": model.get_buffer("embeddings").detach().cpu().contiguous()}
+        # the input table as trained (mlp_train_input_table) or as given (a frozen buffer)
+        table = {"embeddings": model.embeddings.detach().cpu().contiguous()}
         storage.write_bytes(storage.join(out_uri, EMBEDDINGS_FILE), safetensors.torch.save(table))
     storage.write_text(storage.join(out_uri, TOKENIZER_FILE), tokenizer_text)
     finite_json.write(storage.join(out_uri, CONFIG_FILE), config)

@@ -8,7 +8,9 @@ not by an argmax over outputs the network never trained (the seed's flaw).
 
 With `mlp_loss: softmax` the predicted embedding is scored instead against every token: dot
 products with the frozen table (or, with `mlp_train_output_table`, a trained copy of it) plus
-a learned bias per token, under cross-entropy; that gives the model a likelihood.
+a learned bias per token, under cross-entropy; that gives the model a likelihood. With
+`mlp_train_input_table` the input table is trained too (from Word2Vec), and the softmax scores
+against it (tied): the network can then tell tokens apart that Word2Vec put close together.
 
 Contexts shorter than W (generation from a short prompt) are left-padded with zero vectors:
 the padded positions carry their positional encoding but no token, and the real tokens keep
@@ -47,9 +49,14 @@ class MLPDecoder(DecoderModel):
         self.window_size = cfg.window_size
         self.vocab_size = vocab_size
         D = cfg.embedding_size
-        # Buffers, not parameters: the input table is the previous phase's output and stays
-        # frozen; it is saved with the weights so a model directory is self-contained.
-        self.register_buffer("embeddings", embeddings.detach().clone().float())
+        # A buffer, not a parameter: the input table is the previous phase's output and stays
+        # frozen (unless mlp_train_input_table); either way it is saved with the weights, so a
+        # model directory is self-contained.
+        table = embeddings.detach().clone().float()
+        if cfg.mlp_train_input_table:
+            self.embeddings = nn.Parameter(table)
+        else:
+            self.register_buffer("embeddings", table)
         self.register_buffer("positions", sinusoidal_positions(cfg.window_size, D), persistent=False)
 
         layers: list[nn.Module] = []
@@ -65,6 +72,10 @@ class MLPDecoder(DecoderModel):
             self.token_bias = nn.Parameter(torch.zeros(vocab_size))
             if cfg.mlp_train_output_table:
                 self.output_table = nn.Parameter(embeddings.detach().clone().float())
+
+    def token_tables(self) -> list[nn.Parameter]:
+        tables = (self.embeddings, getattr(self, "output_table", None))
+        return [t for t in tables if isinstance(t, nn.Parameter)]
 
     def predict_embedding(self, context: torch.Tensor) -> torch.Tensor:
         """context [B, T], T <= W → predicted next-token embedding [B, D]."""

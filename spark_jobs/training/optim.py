@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spark_jobs.common.config import TrainingConfig
+from spark_jobs.models import DecoderModel
 
 # Modules whose weights are not decayed: shrinking embeddings or norm gains toward zero
 # only hurts (the GPT-2 / nanoGPT convention).
@@ -22,6 +23,8 @@ def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimiz
         if isinstance(m, _NO_DECAY_MODULES)
         for p in m.parameters(recurse=False)
     }
+    if isinstance(model, DecoderModel):
+        no_decay_ids |= {id(p) for p in model.token_tables()}
     decay, no_decay, seen = [], [], set()
     for param in model.parameters():  # tied weights appear once
         if not param.requires_grad or id(param) in seen:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spark_jobs.common.config import TrainingConfig
 from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.models import DecoderModel, ModelOutput, build_model
 from spark_jobs.models.mlp import sinusoidal_positions
+from spark_jobs.training.optim import make_optimizer
 
 WINDOW = 16
 
@@ -75,6 +77,27 @@ def test_mlp_input_table_is_frozen_and_positional(make_config, vocab_size, embed
     pe = sinusoidal_positions(WINDOW, 32)
     assert pe[0, 0::2].abs().max() == 0 and (pe[0, 1::2] == 1).all()  # sin(0)=0, cos(0)=1
     torch.testing.assert_close(pe[3, 0], torch.sin(torch.tensor(3.0)))
+
+
+def test_mlp_trained_input_table_is_tied_to_the_softmax(make_config, vocab_size, embeddings, windows):
+    """mlp_train_input_table: the table starts as the given one, is trained, and is what the
+    softmax scores against (tied). test_model_io checks that a saved one reloads as trained."""
+    model = build_model(
+        make_config("mlp", mlp_loss="softmax", mlp_train_input_table=True), vocab_size, embeddings
+    )
+    parameters = dict(model.named_parameters())
+    assert "embeddings" in parameters and "output_table" not in parameters
+    torch.testing.assert_close(model.embeddings.detach(), embeddings.float())
+    # the table is not decayed, like an nn.Embedding; the dense weights are
+    decay, no_decay = make_optimizer(model, TrainingConfig(weight_decay=0.1)).param_groups
+    assert any(p is model.embeddings for p in no_decay["params"])
+    assert not any(p is model.embeddings for p in decay["params"]) and decay["params"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(windows).loss.backward()
+    optimizer.step()
+    assert not torch.allclose(model.embeddings.detach(), embeddings.float())
+    predicted = model.predict_embedding(windows[:, :WINDOW])
+    torch.testing.assert_close(model.scores(predicted), predicted @ model.embeddings.T + model.token_bias)
 
 
 def test_mlp_nearest_neighbour_decoding(make_config, vocab_size, embeddings, windows):

@@ -39,11 +39,17 @@ LOAD_IN_FRESH_PROCESS = textwrap.dedent(
 
 @pytest.fixture
 def saved_models(tmp_path, make_config, tokenizer, vocab_size, embeddings):
-    """A trained-a-little gpt (tied, dropout) and an mlp, saved; with their in-process scores."""
+    """A trained-a-little gpt (tied, dropout), an mlp and an mlp whose input table is trained,
+    saved; with their in-process scores."""
     torch.manual_seed(3)
     saved = {}
-    for kind in ("gpt", "mlp"):
-        cfg = make_config(kind, dropout=0.1)
+    variants = {
+        "gpt": ("gpt", {}),
+        "mlp": ("mlp", {}),
+        "mlp_trained_table": ("mlp", {"mlp_loss": "softmax", "mlp_train_input_table": True}),
+    }
+    for name, (kind, extra) in variants.items():
+        cfg = make_config(kind, dropout=0.1, **extra)
         model = build_model(cfg, vocab_size, embeddings)
         # one optimizer step so the weights are not just the init
         model(torch.randint(0, vocab_size, (4, 17))).loss.backward()
@@ -51,14 +57,14 @@ def saved_models(tmp_path, make_config, tokenizer, vocab_size, embeddings):
         model.eval()
         with torch.no_grad():
             scores = model.next_token_scores(torch.tensor(CONTEXT))
-        path = str(tmp_path / kind / "model")
+        path = str(tmp_path / name / "model")
         save_model(model, cfg, path, tokenizer.to_str(), metadata={"run_id": "t", "val_loss": 1.5})
-        saved[kind] = (path, scores)
+        saved[name] = (path, scores)
     return saved
 
 
 def test_save_then_load_in_a_fresh_process_gives_identical_outputs(saved_models, vocab_size):
-    paths = [saved_models[k][0] for k in ("gpt", "mlp")]
+    paths = [path for path, _ in saved_models.values()]
     proc = subprocess.run(
         [sys.executable, "-c", LOAD_IN_FRESH_PROCESS, json.dumps(CONTEXT), *paths],
         capture_output=True,
@@ -67,8 +73,7 @@ def test_save_then_load_in_a_fresh_process_gives_identical_outputs(saved_models,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for kind in ("gpt", "mlp"):
-        path, expected = saved_models[kind]
+    for path, expected in saved_models.values():
         loaded = result[path]
         torch.testing.assert_close(torch.tensor(loaded["scores"]), expected, rtol=0, atol=1e-6)
         assert loaded["vocab"] == vocab_size

@@ -54,6 +54,7 @@ def test_dumped_config_round_trips():
         ("run.id=../escape", "run.id"),
         ("training.valid_split=0.3", "must equal 1"),
         ("model.mlp_train_output_table=true", "model.mlp_train_output_table needs model.kind=mlp"),
+        ("model.mlp_train_input_table=true", "model.mlp_train_input_table needs model.kind=mlp"),
     ],
 )
 def test_bad_config_names_the_key(repo, override, expected):
