@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -88,20 +89,20 @@ MLP_SETTINGS = (
     "training.batch_size=256", "training.learning_rate=0.004", "training.min_learning_rate=0.0004",
     "training.weight_decay=0.0", "training.num_epochs=100",  # the budget ends it, not the epochs
     "training.eval_interval=1000000", "training.checkpoint_interval=1000000",
+    # its steps are short (~10 ms): the default logging and histograms would take a third of them
+    "training.log_interval=100", "training.histogram_interval=1000000",
 )  # fmt: skip
 
 
 def mlp_softmax(root: str, corpus: str, budget_s: float) -> dict:
     """The seed's network with the softmax loss and a trained table, for a wall-clock budget."""
-    sets = MLP_SETTINGS
-    probe = local_config(root, "mlp", corpus, *sets)
+    probe = local_config(root, "mlp", corpus, *MLP_SETTINGS, f"training.max_steps={PROBE_STEPS}")
     # Its own preprocess: the same tokenizer and split as gpt_local's (same corpus and data
     # settings), plus the Word2Vec table that only a model using embeddings gets.
     preprocess.run(probe)
     window.run(probe)
-    inputs = train.resolve_inputs(probe)
-    steps = calibrate_steps(probe, load_windows(inputs.window_dir, "train"), inputs, budget_s)
-    summary = train.run(local_config(root, "mlp", corpus, *sets, f"training.max_steps={steps}"))
+    steps = steps_in_budget(probe, budget_s)
+    summary = train.run(local_config(root, "mlp", corpus, *MLP_SETTINGS, f"training.max_steps={steps}"))
     return {
         "val_bits_per_char": summary["val_bits_per_char"],
         "val_accuracy_last_position": summary["val_accuracy"],
@@ -113,27 +114,16 @@ def mlp_softmax(root: str, corpus: str, budget_s: float) -> dict:
     }
 
 
-def calibrate_steps(config: PipelineConfig, windows: torch.Tensor, inputs, budget_s: float) -> int:
-    """How many optimizer steps of this model fit in `budget_s` on this machine, now."""
-    torch.manual_seed(0)
-    model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
-    optimizer = make_optimizer(model, config.training)
-    batch = config.training.batch_size
+PROBE_STEPS = 500
 
-    def step(i: int) -> None:
-        first = (i * batch) % (len(windows) - batch)
-        out = model(windows[first : first + batch])
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
 
-    for i in range(3):
-        step(i)
-    began, n = time.perf_counter(), 0
-    while time.perf_counter() - began < 3.0:  # seconds, not steps: short steps time noisily
-        step(n)
-        n += 1
-    return max(20, int(budget_s / ((time.perf_counter() - began) / n)))
+def steps_in_budget(probe: PipelineConfig, budget_s: float) -> int:
+    """How many steps of this run fit in `budget_s` on this machine, now: timed with the trainer
+    itself (a bare loop misses its per-step work, which short steps feel), then forgotten."""
+    summary = train.run(probe)
+    inputs = train.resolve_inputs(probe)
+    shutil.rmtree(inputs.checkpoint_dir)  # else the real run would resume from the probe's end
+    return max(PROBE_STEPS, int(budget_s * summary["steps"] / summary["train_s"]))
 
 
 def bigram_counts(window_dir: str, vocab_size: int) -> np.ndarray:
