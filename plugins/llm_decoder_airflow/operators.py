@@ -10,7 +10,8 @@ would fail the sensor, and the teardown would then terminate a cluster in the mi
 training. The watcher tells the two kinds of failure apart:
 
 - the API cannot be reached, or answers throttling / 5xx: the step's state is unknown, so it
-  logs a warning and looks again after `poke_interval`, until the sensor's `timeout`;
+  logs a warning and looks again after `poke_interval`, until the sensor's `timeout` (also when
+  the outage began before its first look, which finds the step on the cluster);
 - the step is FAILED, CANCELLED or INTERRUPTED: the task fails at once, without retries
   (AirflowFailException; a retry cannot bring the step back), with EMR's FailureDetails and
   the error lines of the step's logs in S3 (steplogs.py: the step's stderr and stdout, and the
@@ -245,12 +246,24 @@ class EmrStepWatcher(EmrStepSensor):
         self.log_poll_s = log_poll_s
 
     def _resolve_step(self) -> None:
-        """Watch this step on the cluster the run has now (see emr.step_on_cluster)."""
+        """Watch this step on the cluster the run has now (see emr.step_on_cluster). An outage
+        can begin before the first look (the step may already run when the task starts): the
+        API is asked again, as poke does, until the sensor's timeout."""
         from airflow.providers.amazon.aws.hooks.emr import EmrHook
 
         [spec] = [s for s in self.step_specs if step_of(s["Name"]) == self.pipeline_step]
         client = EmrHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).conn
-        self.step_id = step_on_cluster(client, self.job_flow_id, spec, self.step_id)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                # safe to repeat: a step already on the cluster is found, not added again
+                self.step_id = step_on_cluster(client, self.job_flow_id, spec, self.step_id)
+                return
+            except Exception as error:
+                if not is_transient(error) or time.monotonic() >= deadline:
+                    raise
+                log_unanswered(self.log, error, self.step_id or self.pipeline_step, self.poke_interval)
+                time.sleep(self.poke_interval)
 
     def poke(self, context: Any) -> bool:
         try:

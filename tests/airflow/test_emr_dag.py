@@ -288,6 +288,39 @@ def test_an_emr_api_outage_while_a_step_runs_does_not_fail_the_run(
     assert detail["Status"]["State"] == "TERMINATED"
 
 
+def test_an_emr_api_outage_as_a_watch_task_starts_does_not_fail_the_run(
+    dagbag, harness, emr_client, moto_endpoint, monkeypatch, capfd
+):
+    """The API goes away just before watch_train's first look (on a fast cluster the step can
+    already run by then): the watcher asks again until the API answers, within the same try."""
+    import time
+
+    from llm_decoder_airflow import operators
+
+    plain_lookup = operators.step_on_cluster
+    before = all_cluster_ids(emr_client)
+    with OutageProxy(int(moto_endpoint.rsplit(":", 1)[1])) as proxy, harness() as h:
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection(f"http://127.0.0.1:{proxy.port}"))
+
+        def dark_before_the_first_look_at_train(client, job_flow_id, spec, known_id):
+            if step_base_name(spec["Name"]) == "train" and proxy.outages == 0:
+                threading.Thread(target=proxy.outage, args=(OUTAGE_S,), daemon=True).start()
+                while proxy.outages == 0:
+                    time.sleep(0.01)
+            return plain_lookup(client, job_flow_id, spec, known_id)
+
+        monkeypatch.setattr(operators, "step_on_cluster", dark_before_the_first_look_at_train)
+        state, tasks, tries = run_emr_dag(dagbag)
+    out = capfd.readouterr().out
+    assert state == "success", not_succeeded(tasks)
+    assert proxy.outages == 1
+    assert tries["watch_train"] == 1  # waited out inside the task, not by a task retry
+    assert "EMR API not answering (EndpointConnectionError" in out
+    assert h.completed == list(STEP_NAMES)
+    [cluster] = clusters_of_run(emr_client, before)
+    assert emr_client.describe_cluster(ClusterId=cluster["Id"])["Cluster"]["Status"]["State"] == "TERMINATED"
+
+
 def test_a_cluster_whose_id_never_reached_xcom_is_terminated_by_its_run_id_tag(
     dagbag, emr_moto, s3, emr_client, capfd
 ):
