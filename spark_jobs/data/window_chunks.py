@@ -134,15 +134,6 @@ def chunk_files(split_uri: str) -> list[str]:
     return files
 
 
-def windows_per_file(split_uri: str) -> dict[str, int]:
-    """{file URI: windows it defines} from the run_counts column alone (no tokens are read)."""
-    counts = {}
-    for uri in chunk_files(split_uri):
-        column = parquet_files.read_table(uri, ["run_counts"]).column("run_counts")
-        counts[uri] = int(sum(int(np.sum(chunk.flatten().to_numpy())) for chunk in column.chunks))
-    return counts
-
-
 @dataclass(frozen=True)
 class ChunkEntry:
     """Where one chunk is and which windows it holds, from its run columns alone."""
@@ -168,19 +159,27 @@ def chunk_index(split_uri: str) -> list[ChunkEntry]:
     return sorted(entries, key=lambda entry: entry.first_start)
 
 
+def windows_per_file(split_uri: str) -> dict[str, int]:
+    """{file URI: windows it defines}, in file name order, from the run columns alone."""
+    counts: dict[str, int] = {}
+    for entry in sorted(chunk_index(split_uri), key=lambda entry: entry.uri):
+        counts[entry.uri] = counts.get(entry.uri, 0) + entry.windows
+    return counts
+
+
 def read_chunks(split_uri: str, entries: list[ChunkEntry] | None = None) -> list[Chunk]:
     """The chunks `entries` name (default: every chunk of the split), in order of global start;
     only their files are read. A chunk whose ids are not what its runs read is an InputError
     naming the file."""
+    rows_of: dict[str, list[int] | None] = {}
     if entries is None:
-        entries = chunk_index(split_uri)
-    rows_of: dict[str, set[int]] = {}
-    for entry in entries:
-        rows_of.setdefault(entry.uri, set()).add(entry.row)
+        rows_of = dict.fromkeys(chunk_files(split_uri))  # None: every row of the file
+    for entry in entries or []:
+        rows_of.setdefault(entry.uri, []).append(entry.row)
     chunks = []
     for uri, rows in rows_of.items():
         table = parquet_files.read_table(uri, CHUNK_SCHEMA.names)
-        for row in sorted(rows):
+        for row in sorted(rows) if rows is not None else range(table.num_rows):
             chunk = Chunk(
                 part=int(table.column("part")[row].as_py()),
                 window_size=int(table.column("window_size")[row].as_py()),
