@@ -73,6 +73,10 @@ def is_transient(error: BaseException) -> bool:
         return True  # refused, reset, timed out (botocore has already retried it)
     if isinstance(error, IncompleteReadError | ResponseStreamingError | ResponseParserError):
         return True  # an answer cut off mid-way by a dropped connection says nothing of the step
+    from aiohttp import ClientError as AiohttpClientError  # the trigger's transport (aiobotocore)
+
+    if isinstance(error, AiohttpClientError):
+        return True  # aiobotocore maps a failed send, but not a body cut off while read
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

@@ -610,3 +610,19 @@ def test_the_nodes_install_from_the_staged_wheelhouse_with_no_index():
         and "--no-index" in command
         and "--require-hashes" in command
     )
+
+
+def test_transport_errors_are_transient_and_a_bad_request_is_not():
+    """What the watchers ride out (the step's state is unknown) and what fails them at once."""
+    import aiohttp
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from llm_decoder_airflow.operators import is_transient
+
+    assert is_transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert is_transient(aiohttp.ServerDisconnectedError())  # a body cut off in the trigger
+    assert is_transient(aiohttp.ClientPayloadError("cut off"))
+    throttled = {"Error": {"Code": "ThrottlingException"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+    assert is_transient(ClientError(throttled, "DescribeStep"))
+    invalid = {"Error": {"Code": "ValidationException"}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+    assert not is_transient(ClientError(invalid, "DescribeStep"))
+    assert not is_transient(KeyError("Step"))
