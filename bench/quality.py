@@ -50,9 +50,10 @@ from spark_jobs.common.config import (
     validate_config,
 )
 from spark_jobs.data.loader import load_windows, load_windows_with_positions
+from spark_jobs.data.validation_text import validation_ranges
 from spark_jobs.models import build_model
 from spark_jobs.steps import preprocess, train, window
-from spark_jobs.training.evaluation import first_scores, score_full_split
+from spark_jobs.training.evaluation import first_scores, score_full_split, scoring_windows
 from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,13 +143,15 @@ def bigram_counts(window_dir: str, vocab_size: int) -> np.ndarray:
 BIGRAM_SMOOTHING = (1.0, 0.3, 0.1, 0.03, 0.01)
 
 
-def bigram(window_dir: str, vocab_size: int, chars: int) -> dict:
-    """A token bigram model (additive smoothing) scored on the validation targets the gpt scores, each once."""
-    counts = bigram_counts(window_dir, vocab_size)
-    windows, doc_ids, starts = load_windows_with_positions(window_dir, "val")
+def bigram(run_dir: str, config: PipelineConfig, vocab_size: int, chars: int) -> dict:
+    """A token bigram model (additive smoothing) scored on exactly the validation targets the gpt
+    scores (the same scoring windows and mask as `train.validate_full_split`), each once."""
+    counts = bigram_counts(storage.join(run_dir, "window"), vocab_size)
+    offsets = range(1, config.model.window_size + 1)
+    ranges = validation_ranges(storage.join(run_dir, "preprocess"), config.data.split_by)
+    windows, which, starts = scoring_windows(ranges, config.model.window_size, offsets)
+    mask = first_scores(which, starts, offsets)
     ids = windows.numpy()
-    offsets = range(1, ids.shape[1])
-    mask = first_scores(doc_ids, starts, offsets)
     previous, target = ids[:, :-1][mask], ids[:, 1:][mask]
     bits_per_char = {}
     for k in BIGRAM_SMOOTHING:
@@ -160,7 +163,7 @@ def bigram(window_dir: str, vocab_size: int, chars: int) -> dict:
         "smoothing": best,
         "val_bits_per_char_by_smoothing": bits_per_char,
         "val_accuracy": float((counts.argmax(axis=1)[previous] == target).mean()),
-        "targets_scored": int(mask.sum()),
+        "val_targets_scored": int(mask.sum()),
     }
 
 
@@ -233,7 +236,8 @@ def main() -> None:
     split = json.loads(Path(run_dir, "preprocess", "split.json").read_text())
     chars = results["gpt_local"]["val_chars_scored"]
     vocab = json.loads(Path(run_dir, "preprocess", "stats.json").read_text())["vocab_size"]
-    results["bigram"] = bigram(storage.join(run_dir, "window"), vocab, chars)
+    gpt_config = local_config(root, "gpt-local", args.corpus)
+    results["bigram"] = bigram(run_dir, gpt_config, vocab, chars)
     results["mlp"] = mlp_softmax(root, args.corpus, 10.0 if args.quick else args.budget_s)
     results["char_nanogpt"] = char_nanogpt(
         args.corpus, split["chars"]["train"], 20.0 if args.quick else args.budget_s, args.iterations

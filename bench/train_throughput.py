@@ -4,10 +4,12 @@
 
 Prints JSON with, all measured in this one run:
 - `matmul_gflops`: fp32 2048x2048 matmul, 1 and 2 threads: the machine's practical peak;
+- `allocator`: the plain loop in fresh processes with glibc's default malloc vs with
+  `keep_freed_memory` (what every training process applies; the rest of the bench runs with it);
 - `trainer_vs_plain`: samples/s on wall-clock of a whole `single` training call (loading the
   windows, the schedule, clipping, the periodic evaluations, checkpoints and metric writes at
-  configs/local.yaml's intervals, the final result) vs a bare loop (forward, backward, AdamW
-  step) on the same model and batches; target >= 0.95;
+  configs/local.yaml's intervals, the final result) vs a plain loop of the same recipe
+  (schedule, forward, backward, clipping, AdamW step) on the same model and batches; target >= 0.95;
 - `scaling`: samples/s with 1 and 2 workers for `single` (threads), `ddp` (ranks) and
   `parameter_averaging` (Spark tasks), each worker on one thread; target >= 1.7x;
 - FLOP utilisation = model.flops_per_sample() x samples/s / matmul peak at the same threads.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -36,7 +39,8 @@ from spark_jobs.data.loader import count_windows
 from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.models import build_model
 from spark_jobs.training.inputs import TrainInputs
-from spark_jobs.training.optim import make_optimizer
+from spark_jobs.training.loop import keep_freed_memory
+from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 from spark_jobs.training.strategies import STRATEGIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,23 +113,56 @@ def make_inputs(window_dir: Path, run: Path, kind: str) -> TrainInputs:
 
 
 def plain_loop(config: PipelineConfig, inputs: TrainInputs, steps: int, threads: int) -> float:
-    """samples/s of the bare minimum: forward, backward, AdamW step, same model and batches
-    (wall-clock of the loop; the data are already in memory)."""
+    """samples/s of the same recipe with none of the bookkeeping, as nanoGPT's train.py writes it:
+    the learning-rate schedule, forward, backward, gradient clipping, AdamW step, on the same
+    model and batches (wall-clock from loading the windows to the last step, as the trainer's)."""
     from spark_jobs.data.loader import batch_order, load_windows
 
+    cfg = config.training
     torch.set_num_threads(threads)
-    torch.manual_seed(config.training.seed)
+    torch.manual_seed(cfg.seed)
+    began = time.perf_counter()
     windows = load_windows(inputs.window_dir, "train")
     model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
-    optimizer = make_optimizer(model, config.training)
-    order = batch_order(len(windows), config.training.batch_size, 0, config.training.seed)
-    began = time.perf_counter()
+    optimizer = make_optimizer(model, cfg)
+    order = batch_order(len(windows), cfg.batch_size, 0, cfg.seed)
     for i in range(steps):
+        set_learning_rate(optimizer, learning_rate_at(i, cfg, steps))
         out = model(windows[order[i % len(order)]])
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-    return steps * config.training.batch_size / (time.perf_counter() - began)
+    return steps * cfg.batch_size / (time.perf_counter() - began)
+
+
+def _plain_in_fresh_process(
+    kind: str, root: str, window_dir: str, steps: int, batch: int, threads: int, keep: bool
+) -> float:
+    if keep:
+        keep_freed_memory()
+    config = make_config(kind, Path(root), "allocator", batch_size=batch, num_threads=threads)
+    return plain_loop(config, make_inputs(Path(window_dir), Path(root) / "allocator", kind), steps, threads)
+
+
+def allocator_effect(
+    kind: str, root: Path, window_dir: Path, steps: int, batch: int, threads: int, repeats: int
+) -> dict:
+    """The plain loop in fresh processes (malloc's settings are per process and one-way): glibc's
+    default malloc vs `keep_freed_memory`, which every training process applies."""
+    context = multiprocessing.get_context("spawn")
+    best = {False: 0.0, True: 0.0}
+    for _ in range(repeats):  # interleaved, so a burst of load hits both alike
+        for keep in best:
+            with context.Pool(1) as pool:
+                args = (kind, str(root), str(window_dir), steps, batch, threads, keep)
+                best[keep] = max(best[keep], pool.apply(_plain_in_fresh_process, args))
+    return {
+        "default_malloc_samples_per_s": round(best[False], 1),
+        "kept_memory_samples_per_s": round(best[True], 1),
+        "speedup": round(best[True] / best[False], 3),
+    }
 
 
 def run_strategy(
@@ -171,7 +208,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=300_000, help="corpus prefix to cut windows from")
     parser.add_argument("--skip", default="", help="comma list of: ddp,parameter_averaging")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="tries of each single-process loop (best kept)"
+        "--repeats", type=int, default=3, help="tries of each single-process loop (best kept)"
     )
     parser.add_argument(
         "--out", default=None, help="also write the JSON here (ddp ranks print to stdout too)"
@@ -200,9 +237,16 @@ def main() -> None:
         ]
         return max(runs, key=lambda r: r["samples_per_s"])
 
-    # 1. our trainer vs a bare loop, same model, batch, threads (all cores), on wall-clock, with
-    #    evaluations, checkpoints and metric writes at the intervals `make run` uses
+    # 0. glibc's malloc returning freed memory to the kernel after every step, vs keeping it
     threads = max(peak)
+    results["allocator"] = {
+        kind: allocator_effect(kind, root, window_dir, args.trainer_steps, batch, threads, args.repeats)
+        for kind in ("gpt", "mlp")
+    }
+    keep_freed_memory()  # from here on this process too: the plain loop gets what the trainer has
+
+    # 1. our trainer vs a plain loop, same model, batch, threads (all cores), on wall-clock, with
+    #    evaluations, checkpoints and metric writes at the intervals `make run` uses
     local = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())["training"]
     intervals = {
         k: local[k] for k in ("eval_interval", "eval_batches", "checkpoint_interval", "log_interval")

@@ -14,6 +14,7 @@ exactly where it stopped (model, optimizer, schedule, RNG, data position).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -61,6 +62,31 @@ def set_threads(num_threads: int | None, world_size: int = 1, task_cpus: int | N
     return threads
 
 
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep the memory a training step frees, for the next step to reuse.
+
+    Every step frees and allocates again the same large buffers (gradients, activations). By
+    default glibc returns freed memory at the top of its heap to the kernel, and the next step
+    faults it back in page by page: the mlp (a 16 MB first layer) then trains at half speed,
+    varying 2x from run to run (bench/train_throughput.py). PyTorch's CPU tuning guide preloads
+    jemalloc or tcmalloc for this; fixed thresholds get the same effect without a library. The
+    process keeps its peak memory, as it would with those allocators. Returns whether it
+    applied: False where the C library is not glibc (macOS), which keeps its own allocator.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return False
+    return bool(
+        mallopt(_M_TRIM_THRESHOLD, 1 << 30)  # give back only above 1 GiB free at the heap top
+        and mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # heap, not mmap, up to glibc's 32 MB maximum
+    )
+
+
 def spark_task_cpus() -> int | None:
     """The cores Spark gave the task this code runs in, or None outside a Spark task."""
     from pyspark import TaskContext
@@ -85,8 +111,12 @@ def plan_steps(windows_per_worker: int, cfg: TrainingConfig, window_dir: str) ->
 
 def reseed_for_step(seed: int, step: int, worker: int) -> None:
     """Seed the RNG that dropout draws from, per step and per worker (DDP rank, averaging
-    partition): masks differ across workers, and a resumed run draws the same ones again."""
-    torch.manual_seed(seed * 1_000_003 + step * 1009 + worker)
+    partition): masks differ across workers, and a resumed run draws the same ones again.
+
+    Training runs on the CPU, whose generator is the one dropout draws from: seeding it alone
+    costs a microsecond, `torch.manual_seed` (every device's generator) up to a millisecond,
+    which a model with 15 ms steps feels."""
+    torch.default_generator.manual_seed(seed * 1_000_003 + step * 1009 + worker)
 
 
 def crossed(before: int, after: int, interval: int) -> bool:
@@ -204,6 +234,7 @@ def train_in_process(
     barrier-mode rank runs for; see `set_threads`)."""
     cfg = config.training
     set_threads(cfg.num_threads, world_size, task_cpus)
+    keep_freed_memory()
     train_windows = load_windows(inputs.window_dir, "train", rank, world_size)
     val_windows = load_windows(inputs.window_dir, "val", rank, world_size)
     batches_per_epoch, total_steps = plan_steps(len(train_windows), cfg, inputs.window_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
 
 import pyarrow.parquet as pq
@@ -66,3 +68,25 @@ def test_mlp_figures_score_every_validation_token_after_the_first_window(new_run
     # the window step's stride (4 here)
     assert summary["val_targets_scored"] == len(val) - 16
     assert summary["val_bits_per_char"] is None and "nearest neighbour" in summary["val_accuracy_kind"]
+
+
+def test_the_bench_bigram_scores_the_same_validation_targets_as_the_gpt(new_run, tiny_config, repo):
+    """bench/quality.py's bigram: every validation token after the first, the tail the window
+    step's stride leaves uncovered included, as the gpt's figures score them."""
+    spec = importlib.util.spec_from_file_location("bench_quality", repo / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    root, run_id = new_run()
+    config = tiny_config(root, run_id)
+    run_dir = root / "runs" / run_id
+    val = _val_tokens(run_dir)
+    vocab = json.loads((run_dir / "preprocess" / "stats.json").read_text())["vocab_size"]
+    counts = quality.bigram_counts(str(run_dir / "window"), vocab)
+
+    result = quality.bigram(str(run_dir), config, vocab, chars=1000)
+
+    assert result["val_targets_scored"] == len(val) - 1
+    k = result["smoothing"]
+    probs = (counts + k) / (counts + k).sum(axis=1, keepdims=True)
+    nats = -sum(math.log(probs[a, b]) for a, b in zip(val[:-1], val[1:], strict=True))
+    assert result["val_bits_per_char"] == pytest.approx(nats / math.log(2) / 1000, rel=1e-9)
