@@ -99,7 +99,8 @@ def test_success_path(dagbag, harness, s3, emr_client, caplog):
     # what the cluster cost: its instance groups at configs/emr.yaml's prices, for as long as it ran
     assert summary["instance_hours"] == 0  # moto's NormalizedInstanceHours
     assert 0 < summary["cluster_hours"] < 0.1
-    assert summary["cost_usd_estimate"] == pytest.approx(1.2 * summary["cluster_hours"], rel=0.01, abs=1e-4)
+    # both are rounded to 4 decimals: up to 0.5e-4 off each, the hours' error times 1.2 USD/h
+    assert summary["cost_usd_estimate"] == pytest.approx(1.2 * summary["cluster_hours"], abs=1.2e-4)
     assert summary["cost_basis"].startswith("estimate: 1 x m5.xlarge + 2 x m5.2xlarge")
     report = s3.get_object(Bucket=BUCKET, Key=f"{run}/report.md")["Body"].read().decode()
     assert "| val_loss | 3.4 |" in report
