@@ -115,8 +115,9 @@ def mlp_softmax(root: str, corpus: str, budget_s: float) -> dict:
     }
 
 
-# Past the first epoch's end (about 1,560 steps at batch 256), after which the steps run ~20 %
-# slower than at the start: a 500-step probe put the run at 1.5x its budget (2026-11-30).
+# Past the first epoch's end (about 1,560 steps at batch 256), so that the pace includes an
+# epoch's evaluation and checkpoint. (A 500-step probe put the run at 1.5x its budget, before
+# training flushed subnormal floats: the steps then slowed by a third as they appeared.)
 PROBE_STEPS = 2000
 
 

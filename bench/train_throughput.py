@@ -5,7 +5,8 @@
 Prints JSON with, all measured in this one run:
 - `matmul_gflops`: fp32 2048x2048 matmul, 1 and 2 threads: the machine's practical peak;
 - `allocator`: the plain loop in fresh processes with glibc's default malloc vs with
-  `keep_freed_memory` (what every training process applies; the rest of the bench runs with it);
+  `keep_freed_memory` (what every training process applies, with subnormals flushed to zero:
+  `prepare_cpu_for_training`; the rest of the bench runs with both);
 - `trainer_vs_plain`: samples/s on wall-clock of a whole `single` training call (loading the
   windows, the schedule, clipping, the periodic evaluations, checkpoints and metric writes at
   configs/local.yaml's intervals, the final result) vs a plain loop of the same recipe
@@ -39,7 +40,7 @@ from spark_jobs.data.loader import count_windows
 from spark_jobs.data.window_chunks import write_stream_split
 from spark_jobs.models import build_model
 from spark_jobs.training.inputs import TrainInputs
-from spark_jobs.training.loop import keep_freed_memory
+from spark_jobs.training.loop import keep_freed_memory, prepare_cpu_for_training
 from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 from spark_jobs.training.strategies import STRATEGIES
 
@@ -243,7 +244,7 @@ def main() -> None:
         kind: allocator_effect(kind, root, window_dir, args.trainer_steps, batch, threads, args.repeats)
         for kind in ("gpt", "mlp")
     }
-    keep_freed_memory()  # from here on this process too: the plain loop gets what the trainer has
+    prepare_cpu_for_training()  # from here on this process too: the plain loop gets what the trainer has
 
     # 1. our trainer vs a plain loop, same model, batch, threads (all cores), on wall-clock, with
     #    evaluations, checkpoints and metric writes at the intervals `make run` uses

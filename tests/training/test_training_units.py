@@ -234,3 +234,11 @@ def test_a_training_process_keeps_the_memory_a_step_frees():
     peak = process.memory_info().rss
     del buffers
     assert process.memory_info().rss > peak - (8 << 20)
+
+
+def test_a_training_process_flushes_subnormal_floats_to_zero():
+    from spark_jobs.training.loop import prepare_cpu_for_training
+
+    prepare_cpu_for_training()
+    assert float(torch.tensor([1e-39]) * 1.0) == 0.0  # a subnormal float32, slow on x86 unless flushed
+    assert float(torch.tensor([1e-37]) * 1.0) > 0.0  # normal floats are untouched

@@ -51,8 +51,8 @@ from spark_jobs.reporting.train_metrics import gradient_stats, system_metrics
 from spark_jobs.training import averaging
 from spark_jobs.training.inputs import TrainInputs, TrainResult
 from spark_jobs.training.loop import (
-    keep_freed_memory,
     plan_steps,
+    prepare_cpu_for_training,
     reseed_for_step,
     run_training,
     set_threads,
@@ -99,7 +99,7 @@ def train_round(shard: int, partition: Iterator[Any], job_blob: bytes, round_blo
     for _ in partition:  # consume it all, so Spark reuses this Python worker next round
         pass
     set_threads(None, task_cpus=spark_task_cpus() or 1)  # the task's cores: Spark runs others beside it
-    keep_freed_memory()
+    prepare_cpu_for_training()
     job, job_key = _unpack_job(job_blob)
     cfg = PipelineConfig.model_validate(job["config"]).training
     cached = (job_key, shard) in _WORKER_CACHE
