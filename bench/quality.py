@@ -50,10 +50,9 @@ from spark_jobs.common.config import (
     validate_config,
 )
 from spark_jobs.data.loader import load_windows, load_windows_with_positions
-from spark_jobs.data.validation_text import validation_ranges
 from spark_jobs.models import build_model
 from spark_jobs.steps import preprocess, train, window
-from spark_jobs.training.evaluation import first_scores, score_full_split, scoring_windows
+from spark_jobs.training.evaluation import first_scores, full_split_targets, score_full_split
 from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,9 +150,9 @@ def bigram(run_dir: str, config: PipelineConfig, vocab_size: int, chars: int) ->
     scores (the same scoring windows and mask as `train.validate_full_split`), each once."""
     counts = bigram_counts(storage.join(run_dir, "window"), vocab_size)
     offsets = range(1, config.model.window_size + 1)
-    ranges = validation_ranges(storage.join(run_dir, "preprocess"), config.data.split_by)
-    windows, which, starts = scoring_windows(ranges, config.model.window_size, offsets)
-    mask = first_scores(which, starts, offsets)
+    windows, _, mask = full_split_targets(
+        storage.join(run_dir, "preprocess"), config.data.split_by, config.model.window_size, offsets
+    )
     ids = windows.numpy()
     previous, target = ids[:, :-1][mask], ids[:, 1:][mask]
     bits_per_char = {}

@@ -36,7 +36,6 @@ from spark_jobs.common.errors import InputError, TrainingError
 from spark_jobs.data.embeddings import read_table
 from spark_jobs.data.loader import count_windows
 from spark_jobs.data.tokenizer import load_tokenizer
-from spark_jobs.data.validation_text import validation_ranges
 from spark_jobs.reporting.spark_metrics import write_spark_metrics
 from spark_jobs.reporting.summary import summary_record
 from spark_jobs.reporting.train_metrics import write_run_summary
@@ -44,10 +43,9 @@ from spark_jobs.steps.entrypoint import config_summary, run_step_main
 from spark_jobs.training import checkpoints
 from spark_jobs.training.evaluation import (
     EVALUATION_VERSION,
-    first_scores,
+    full_split_targets,
     score_full_split,
     scored_target_ids,
-    scoring_windows,
 )
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
@@ -196,9 +194,9 @@ def validate_full_split(
     (in this process, whatever the strategy and the window step's stride); bits per character
     over the characters the scored targets decode to."""
     started = time.perf_counter()
-    ranges = validation_ranges(preprocess_dir, config.data.split_by)
-    windows, which, starts = scoring_windows(ranges, config.model.window_size, model.target_offsets)
-    mask = first_scores(which, starts, model.target_offsets)
+    windows, which, mask = full_split_targets(
+        preprocess_dir, config.data.split_by, config.model.window_size, model.target_offsets
+    )
     score = score_full_split(model, windows, mask, batch_size=max(config.training.batch_size, 64))
     tokenizer = Tokenizer.from_str(storage.read_text(tokenizer_uri))
     chars = sum(

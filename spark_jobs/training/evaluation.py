@@ -21,6 +21,7 @@ from torch import nn
 
 from spark_jobs.common.config import PipelineConfig
 from spark_jobs.data.loader import batch_order
+from spark_jobs.data.validation_text import validation_ranges
 from spark_jobs.reporting.train_metrics import bits_per_char
 
 # Bumped whenever what the full-split figures measure changes (which tokens are scored, how the
@@ -132,6 +133,16 @@ def scoring_windows(
     if not windows:
         return torch.empty((0, width), dtype=torch.int64), np.array([], np.int64), np.array([], np.int64)
     return torch.from_numpy(np.concatenate(windows)), np.concatenate(which), np.concatenate(starts)
+
+
+def full_split_targets(
+    preprocess_dir: str, split_by: str, window_size: int, offsets: range
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The full-split figures' targets: (scoring windows, range index per window, the
+    `first_scores` mask) over the run's validation text."""
+    ranges = validation_ranges(preprocess_dir, split_by)
+    windows, which, starts = scoring_windows(ranges, window_size, offsets)
+    return windows, which, first_scores(which, starts, offsets)
 
 
 def scored_target_ids(
