@@ -123,7 +123,8 @@ class TrainingConfig(_Section):
     min_learning_rate: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(50, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    # muon: Muon for the hidden weight matrices, AdamW for the rest (spark_jobs/training/muon.py)
+    optimizer: Literal["adamw", "adam", "muon"] = "adamw"
     weight_decay: float = Field(0.1, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     train_split: float = Field(0.9, gt=0, lt=1)

@@ -70,6 +70,11 @@ class DecoderModel(nn.Module, abc.ABC):
         optimizer leaves undecayed as it does embeddings."""
         return []
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The weight matrices inside the network, between the token tables and the output head:
+        what `training.optimizer: muon` orthogonalizes (the rest keeps AdamW)."""
+        return []
+
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 

@@ -98,6 +98,9 @@ class GPT(DecoderModel):
         if embeddings is not None:
             self._init_token_table(embeddings)
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        return [m.weight for m in self.transformer.h.modules() if isinstance(m, nn.Linear)]
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=INIT_STD)

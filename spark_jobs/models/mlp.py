@@ -77,6 +77,11 @@ class MLPDecoder(DecoderModel):
         tables = (self.embeddings, getattr(self, "output_table", None))
         return [t for t in tables if isinstance(t, nn.Parameter)]
 
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        # The first layer reads the concatenated token embeddings: an input layer, which Muon's
+        # authors leave to AdamW (and, W*D wide, the costliest to orthogonalize).
+        return [m.weight for m in self.hidden if isinstance(m, nn.Linear)][1:]
+
     def predict_embedding(self, context: torch.Tensor) -> torch.Tensor:
         """context [B, T], T <= W → predicted next-token embedding [B, D]."""
         B, T = context.shape

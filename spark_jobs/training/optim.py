@@ -9,6 +9,7 @@ from torch import nn
 
 from spark_jobs.common.config import TrainingConfig
 from spark_jobs.models import DecoderModel
+from spark_jobs.training.muon import MuonAdamW
 
 # Modules whose weights are not decayed: shrinking embeddings or norm gains toward zero
 # only hurts (the GPT-2 / nanoGPT convention).
@@ -16,21 +17,27 @@ _NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (or Adam) over the trainable parameters, without decay on biases, norms, embeddings."""
+    """AdamW (or Adam) over the trainable parameters, without decay on biases, norms, embeddings;
+    with `optimizer: muon`, Muon for the model's hidden matrices and AdamW for the rest."""
     no_decay_ids = {
         id(p)
         for m in model.modules()
         if isinstance(m, _NO_DECAY_MODULES)
         for p in m.parameters(recurse=False)
     }
+    muon_ids = set()
     if isinstance(model, DecoderModel):
         no_decay_ids |= {id(p) for p in model.token_tables()}
-    decay, no_decay, seen = [], [], set()
+        if cfg.optimizer == "muon":
+            muon_ids = {id(p) for p in model.hidden_matrices() if p.requires_grad}
+    matrices, decay, no_decay, seen = [], [], [], set()
     for param in model.parameters():  # tied weights appear once
         if not param.requires_grad or id(param) in seen:
             continue
         seen.add(id(param))
-        if param.dim() < 2 or id(param) in no_decay_ids:
+        if id(param) in muon_ids:
+            matrices.append(param)
+        elif param.dim() < 2 or id(param) in no_decay_ids:
             no_decay.append(param)
         else:
             decay.append(param)
@@ -38,6 +45,9 @@ def make_optimizer(model: nn.Module, cfg: TrainingConfig) -> torch.optim.Optimiz
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if cfg.optimizer == "muon":
+        groups.insert(0, {"params": matrices, "weight_decay": cfg.weight_decay, "use_muon": True})
+        return MuonAdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95))
     optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     # foreach=False keeps the update order fixed, so runs (and resumed runs) are bit-identical.
     return optimizer_class(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), foreach=False)

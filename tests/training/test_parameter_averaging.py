@@ -288,15 +288,27 @@ def test_too_few_windows_per_worker_is_a_one_line_error(window_dir: Path, tmp_pa
         parameter_averaging.train(_config("gpt", tmp_path, num_workers=2), inputs, resume=False)
 
 
-def test_two_workers_k_steps_equal_an_in_process_average(spark, window_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_two_workers_k_steps_equal_an_in_process_average(
+    spark, window_dir: Path, tmp_path: Path, optimizer: str
+) -> None:
     """DL4J's semantics: from the same weights, each worker trains K minibatches on its shard; then
-    weights and Adam's state are averaged. Reproduced here with two model copies in this process."""
+    weights and the optimizer's state (Adam's moments; Muon's momentum) are averaged. Reproduced
+    here with two model copies in this process."""
     from spark_jobs.data.loader import batch_order, load_windows
     from spark_jobs.models import build_model
     from spark_jobs.training.optim import learning_rate_at, make_optimizer, set_learning_rate
 
     k = 3
-    config = _config("gpt", tmp_path, num_workers=2, averaging_frequency=k, max_steps=k, log_interval=k)
+    config = _config(
+        "gpt",
+        tmp_path,
+        num_workers=2,
+        averaging_frequency=k,
+        max_steps=k,
+        log_interval=k,
+        optimizer=optimizer,
+    )
     result = parameter_averaging.train(config, _inputs(window_dir, tmp_path, "gpt"), resume=False)
     assert result["rounds"] == 1
     cfg = config.training
@@ -329,6 +341,7 @@ def test_two_workers_k_steps_equal_an_in_process_average(spark, window_dir: Path
     final.restore_optimizer(optimizer)
     got_state = averaging.optimizer_arrays(optimizer)
     assert set(got_state) == set(expected_state)
+    assert any(name.endswith("/momentum_buffer") for name in got_state) == (cfg.optimizer == "muon")
     for name, value in expected_state.items():
         np.testing.assert_allclose(got_state[name], value, rtol=1e-5, atol=1e-7)
     # each worker's memory and CPU, measured in the worker (the driver's are labelled as such)

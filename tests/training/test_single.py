@@ -90,9 +90,15 @@ def test_mlp_learns(new_run, tiny_config):
     assert (root / "runs" / run_id / "train" / "model" / "embeddings.safetensors").exists()
 
 
-def test_a_crashed_run_resumes_exactly(new_run, tiny_config):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_crashed_run_resumes_exactly(new_run, tiny_config, optimizer):
     """A run that dies at step 13 and is retried ends identical to an uninterrupted one."""
-    common = ("training.max_steps=24", "training.checkpoint_interval=8", "training.log_interval=1")
+    common = (
+        "training.max_steps=24",
+        "training.checkpoint_interval=8",
+        "training.log_interval=1",
+        f"training.optimizer={optimizer}",
+    )
     root, straight_id = new_run()
     straight = train.run(tiny_config(root, straight_id, *common))
 
@@ -111,6 +117,7 @@ def test_a_crashed_run_resumes_exactly(new_run, tiny_config):
     losses = [[(r["step"], r["loss"]) for r in read_steps(str(root / "runs" / i / "metrics")) if r["kind"] == "train"]
               for i in (straight_id, crashed_id)]  # fmt: skip
     assert losses[0] == losses[1] and len(losses[0]) == 24
+    assert straight["val_loss"] < straight["first_val_loss"]  # it learns under either optimizer
 
 
 def test_the_trained_model_loads_in_a_fresh_process(new_run, tiny_config):
