@@ -193,8 +193,20 @@ class TrainingRun:
                 f"{checkpoint.uri} was trained on other data ({'; '.join(changed)}): the run's "
                 f"inputs were re-made since; delete {self.inputs.checkpoint_dir} or use another run.id"
             )
+        saved_optimizer = checkpoint.state.get("optimizer_kind")  # absent before Muon was added
+        if saved_optimizer not in (None, self.cfg.optimizer):
+            raise TrainingError(
+                f"{checkpoint.uri} was written by training.optimizer={saved_optimizer}, not the "
+                f"configured {self.cfg.optimizer}; delete {self.inputs.checkpoint_dir} or use another run.id"
+            )
         self.model.load_state_dict(checkpoint.model_state)
-        checkpoint.restore_optimizer(self.optimizer)
+        try:
+            checkpoint.restore_optimizer(self.optimizer)
+        except ValueError as err:  # torch: the parameter groups do not match
+            raise TrainingError(
+                f"{checkpoint.uri}: its optimizer state does not fit training.optimizer="
+                f"{self.cfg.optimizer} ({err}); delete {self.inputs.checkpoint_dir} or use another run.id"
+            ) from err
         torch.set_rng_state(checkpoint.rng_state)
         self.pos = Position.from_json(checkpoint.state["position"])
         self.last_checkpoint = checkpoint.uri
@@ -213,6 +225,7 @@ class TrainingRun:
             "reason": reason,
             "model": self.config.model.model_dump(mode="json"),
             "strategy": self.cfg.strategy,
+            "optimizer_kind": self.cfg.optimizer,
             "num_workers": 1 if self.cfg.strategy == "single" else self.cfg.num_workers,
             "made_from": self.inputs.made_from,
         }

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from spark_jobs.common.config import ModelConfig, TrainingConfig
+from spark_jobs.common.errors import TrainingError
 from spark_jobs.models import build_model
+from spark_jobs.steps import train
 from spark_jobs.training.muon import MuonAdamW, orthogonalize
 from spark_jobs.training.optim import make_optimizer
 
@@ -100,3 +102,16 @@ def test_muon_leaves_the_mlps_input_and_output_layers_to_adamw():
 def test_an_unknown_optimizer_is_a_config_error_naming_the_field():
     with pytest.raises(ValueError, match="optimizer"):
         TrainingConfig(optimizer="lion")
+
+
+def test_resuming_under_another_optimizer_is_refused(new_run, tiny_config):
+    """Adam's moments cannot become Muon's momentum: a changed optimizer is a new run."""
+    root, run_id = new_run()
+    common = ("training.checkpoint_interval=4", "training.max_steps=4")
+    train.run(tiny_config(root, run_id, *common, "training.optimizer=adamw"))
+    with pytest.raises(
+        TrainingError,
+        match=r"step-4 was written by training.optimizer=adamw, not the configured muon; delete .*checkpoints",
+    ):
+        train.run(tiny_config(root, run_id, "training.checkpoint_interval=4", "training.max_steps=8",
+                              "training.optimizer=muon"))  # fmt: skip
