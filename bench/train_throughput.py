@@ -255,9 +255,9 @@ def main() -> None:
 
     # 1. our trainer vs a plain loop, same model, batch, threads (all cores), on wall-clock, with
     #    evaluations, checkpoints and metric writes at the intervals `make run` uses
-    local = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())["training"]
     intervals = {
-        k: local[k] for k in ("eval_interval", "eval_batches", "checkpoint_interval", "log_interval")
+        k: LOCAL["training"][k]
+        for k in ("eval_interval", "eval_batches", "checkpoint_interval", "log_interval")
     }
     results["trainer_vs_plain"] = {}
     for kind in ("gpt", "mlp"):
@@ -267,7 +267,7 @@ def main() -> None:
         for attempt in range(args.repeats):  # interleaved, so a burst of load hits both alike
             inputs = make_inputs(window_dir, root / "plain", kind)
             plain.append(plain_loop(config, inputs, args.trainer_steps, threads))
-            run = best_of(1, "single", kind, f"single-{kind}-{attempt}", **training)
+            run = run_strategy("single", kind, root, window_dir, f"single-{kind}-{attempt}", **training)
             ours.append(run["wall_samples_per_s"])
         ratios = [o / p for o, p in zip(ours, plain, strict=True)]
         results["trainer_vs_plain"][kind] = {
