@@ -77,6 +77,9 @@ class ModelConfig(_Section):
     num_layers: int = Field(4, gt=0)
     num_heads: int = Field(4, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    # gpt: rotate each head's queries and keys by their position (RoPE), on top of the learned
+    # position table, so that attention also sees how far apart two tokens are.
+    rotary: bool = False
     # gpt: initialise the token embedding table from the preprocess step's embeddings.
     init_from_embeddings: bool = False
     # mlp: "mse" / "cosine" regress the next token's embedding (the seed); "softmax" scores the
@@ -102,6 +105,11 @@ class ModelConfig(_Section):
                 f"model.embedding_size ({self.embedding_size}) must be divisible by "
                 f"model.num_heads ({self.num_heads})"
             )
+        if self.kind == "gpt" and self.rotary and (self.embedding_size // self.num_heads) % 2:
+            raise ValueError(
+                f"model.rotary rotates feature pairs: the head size (model.embedding_size / "
+                f"model.num_heads = {self.embedding_size // self.num_heads}) must be even"
+            )
         if self.mlp_train_output_table and (self.kind != "mlp" or self.mlp_loss != "softmax"):
             raise ValueError("model.mlp_train_output_table needs model.kind=mlp and model.mlp_loss=softmax")
         if self.mlp_train_input_table and (self.kind != "mlp" or self.mlp_loss != "softmax"):
@@ -126,6 +134,9 @@ class TrainingConfig(_Section):
     # muon: Muon for the hidden weight matrices, AdamW for the rest (spark_jobs/training/muon.py)
     optimizer: Literal["adamw", "adam", "muon"] = "adamw"
     weight_decay: float = Field(0.1, ge=0)
+    # Return (and checkpoint) an exponential moving average of the weights, this decay per step
+    # (spark_jobs/training/weight_average.py); it averages over the last ~1/(1 - decay) steps.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
     train_split: float = Field(0.9, gt=0, lt=1)
     valid_split: float = Field(0.1, gt=0, lt=1)

@@ -1,8 +1,9 @@
 """A decoder-only causal transformer, after nanoGPT's model.py, in the order data flows.
 
 windows [B, W+1] → x = windows[:, :-1], y = windows[:, 1:] → token + learned position
-embeddings → num_layers pre-LayerNorm blocks (causal self-attention, MLP) → final LayerNorm →
-logits through the tied embedding table → cross-entropy on all W positions.
+embeddings → num_layers pre-LayerNorm blocks (causal self-attention, with rotary positions if
+model.rotary; MLP) → final LayerNorm → logits through the tied embedding table → cross-entropy
+on all W positions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,27 @@ from spark_jobs.models import DecoderModel, ModelOutput
 INIT_STD = 0.02
 
 
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE; Su et al. 2021, as in GPT-NeoX and Llama): each head's
+    query and key features, in pairs (i, i + head_size/2), are rotated by an angle proportional
+    to the position, so that their dot product depends on how far apart the two tokens are.
+    It has no parameters: the angles are a buffer, rebuilt with the model (not saved)."""
+
+    def __init__(self, head_size: int, window_size: int, base: float = 10000.0) -> None:
+        super().__init__()
+        frequencies = 1.0 / base ** (torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        angles = torch.outer(torch.arange(window_size, dtype=torch.float32), frequencies)
+        self.register_buffer("cos", angles.cos(), persistent=False)  # [W, head_size/2]
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, heads, T, head_size] → the same, rotated by position."""
+        T = x.shape[2]
+        cos, sin = self.cos[:T], self.sin[:T]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -29,11 +51,14 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.num_heads = cfg.num_heads
         self.dropout = cfg.dropout
+        self.rotary = Rotary(cfg.embedding_size // cfg.num_heads, cfg.window_size) if cfg.rotary else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         # the fused kernel masks the future and picks flash/memory-efficient paths where it can
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True

@@ -96,6 +96,12 @@ def write_report(metrics_dir: str, summary: dict[str, Any], samples: list[dict[s
             f"{summary.get('val_chars_scored')} characters; val_accuracy is {summary.get('val_accuracy_kind')}. "
             "The curves' validation points are the periodic evaluations on a fixed sample.",
         ]
+    if summary.get("ema_decay"):
+        lines += [
+            "",
+            f"The model is the moving average of the weights (training.ema_decay={summary['ema_decay']}); "
+            "the curves' points score the weights being trained.",
+        ]
     if summary.get("val_bits_per_char_note"):
         lines += ["", f"Note: {summary['val_bits_per_char_note']}."]
     lines += ["", "## Curves", ""]

@@ -49,6 +49,7 @@ from spark_jobs.training.evaluation import (
 )
 from spark_jobs.training.inputs import TrainInputs
 from spark_jobs.training.strategies import STRATEGIES
+from spark_jobs.training.weight_average import load_average_into
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,8 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         raise TrainingError(f"training finished without a checkpoint in {inputs.checkpoint_dir}")
     model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
     model.load_state_dict(final.model_state)
+    if final.average is not None:  # training.ema_decay: the model is the weights' moving average
+        load_average_into(model, final.average, final.uri)
     model.eval()
     preprocess_dir = storage.step_dir(config.run.root, config.run.id, "preprocess")
     tokenizer_uri = storage.join(preprocess_dir, "tokenizer.json")
@@ -275,6 +278,9 @@ def run(config: PipelineConfig, resume: bool = False) -> dict[str, Any]:
         "evaluation": evaluation_fingerprint(config, inputs, validation["val_chars_scored"]),
         # the last periodic evaluation, on the fixed sample of eval_batches x batch_size windows
         "val_loss_sampled": result.get("val_loss"),
+        # set: the model and the figures above are the weights' moving average (the sampled
+        # evaluations scored the weights being trained)
+        "ema_decay": config.training.ema_decay,
         "chars_per_token": inputs.chars_per_token,
         "checkpoint": final.uri,
         "train_windows": inputs.num_train_windows,

@@ -7,6 +7,8 @@
     evaluation.py   scoring: the periodic sample (summed across DDP ranks) and the full validation text
     checkpoints.py  the checkpoint format: safetensors + JSON, verified, newest valid wins
     optim.py        the optimizer and the learning-rate schedule
+    muon.py         MuonAdamW: Muon for the hidden matrices, AdamW for the rest
+    weight_average.py  the weights' moving average (training.ema_decay), the model training returns
     averaging.py    parameter averaging's arithmetic (pack, unpack, average weights and Adam state)
     collective_averaging.py  parameter averaging's rounds by all-reduce, inside ranks
     strategies/     single | ddp | parameter_averaging, a typed registry

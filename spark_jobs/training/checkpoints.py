@@ -4,6 +4,7 @@
     model.safetensors      the model's state dict
     optimizer.safetensors  the optimizer's per-parameter tensors ("<param index>.<name>")
     rng.safetensors        torch's CPU RNG state
+    average.safetensors    the weights' moving average, when training.ema_decay is set
     state.json             step, data position, schedule and early-stop counters, the optimizer's
                            param groups, and the sha256 of each file above (written last)
     _SUCCESS               via storage.step_output: a checkpoint without it never counts
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+AVERAGE_FILE = "average.safetensors"
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Checkpoint:
     optimizer_tensors: dict[str, torch.Tensor]
     rng_state: torch.Tensor
     state: dict[str, Any] = field(default_factory=dict)  # everything from state.json
+    average: dict[str, torch.Tensor] | None = None  # the weights' moving average, if kept
 
     def restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         load_optimizer_state(optimizer, self.optimizer_tensors, self.state["optimizer"])
@@ -102,6 +105,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
+    average: dict[str, torch.Tensor] | None = None,
 ) -> str:
     """Write step-<step>/ atomically, then delete all but the newest `keep` checkpoints."""
     uri = checkpoint_uri(checkpoint_dir, step)
@@ -112,6 +116,8 @@ def save_checkpoint(
         "optimizer.safetensors": save_tensors(optimizer_tensors),
         "rng.safetensors": save_tensors({"torch": torch.get_rng_state()}),
     }
+    if average is not None:
+        blobs[AVERAGE_FILE] = save_tensors({k: v.detach().cpu().contiguous() for k, v in average.items()})
     record = dict(state, step=step, optimizer=optimizer_meta)
     record["sha256"] = {name: hashlib.sha256(data).hexdigest() for name, data in blobs.items()}
     with storage.step_output(uri) as out:
@@ -137,7 +143,7 @@ def load_checkpoint(uri: str) -> Checkpoint:
     except (ValueError, UnicodeDecodeError) as exc:
         raise TrainingError(f"{uri}/state.json: not valid JSON ({exc})") from None
     tensors = {}
-    for name in TENSOR_FILES:
+    for name in TENSOR_FILES + ((AVERAGE_FILE,) if AVERAGE_FILE in state.get("sha256", {}) else ()):
         data = storage.read_bytes(storage.join(uri, name))
         if hashlib.sha256(data).hexdigest() != state.get("sha256", {}).get(name):
             raise TrainingError(f"{uri}/{name}: checksum mismatch (file corrupt or truncated)")
@@ -152,6 +158,7 @@ def load_checkpoint(uri: str) -> Checkpoint:
         optimizer_tensors=tensors["optimizer.safetensors"],
         rng_state=tensors["rng.safetensors"]["torch"],
         state=state,
+        average=tensors.get(AVERAGE_FILE),
     )
 
 

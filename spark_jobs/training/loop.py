@@ -153,6 +153,8 @@ def run_training(run: TrainingRun, train_steps: TrainSteps, steps_per_call: int 
             done = train_steps(pos, num_steps)
             run.check_finite(done)
             pos.advance(done)
+            if run.average is not None:
+                run.average.follow(pos.step)
             if _progress is not None and run.is_main:
                 _progress(pos.step, run.total_steps, done.losses[-1])
             run.log_steps(done.records)

@@ -30,6 +30,7 @@ from spark_jobs.training import checkpoints
 from spark_jobs.training.evaluation import eval_batches, evaluate, validation_record
 from spark_jobs.training.inputs import TrainInputs, TrainResult
 from spark_jobs.training.optim import make_optimizer
+from spark_jobs.training.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,10 @@ class TrainingRun:
         self.model = build_model(config.model, inputs.vocab_size, inputs.embeddings)
         self.model.train()
         self.optimizer = make_optimizer(self.model, self.cfg)
+        # rank 0 writes the checkpoints, so it alone keeps the average
+        self.average = (
+            WeightAverage(self.model, self.cfg.ema_decay) if self.cfg.ema_decay and self.is_main else None
+        )
         self.pos = Position()
         self.last_checkpoint: str | None = None
         self.val_windows = val_windows
@@ -199,7 +204,18 @@ class TrainingRun:
                 f"{checkpoint.uri} was written by training.optimizer={saved_optimizer}, not the "
                 f"configured {self.cfg.optimizer}; delete {self.inputs.checkpoint_dir} or use another run.id"
             )
+        saved_decay = checkpoint.state.get("ema_decay")
+        if saved_decay != self.cfg.ema_decay:
+            raise TrainingError(
+                f"{checkpoint.uri} was written with training.ema_decay={saved_decay}, not the "
+                f"configured {self.cfg.ema_decay}; delete {self.inputs.checkpoint_dir} or use another run.id"
+            )
         self.model.load_state_dict(checkpoint.model_state)
+        if self.average is not None:
+            if checkpoint.average is None:
+                raise TrainingError(f"{checkpoint.uri}: no weight average saved (training.ema_decay is set)")
+            self.average.load_state_dict(checkpoint.average, checkpoint.uri)
+            self.average.step = int(checkpoint.state["ema_step"])
         try:
             checkpoint.restore_optimizer(self.optimizer)
         except ValueError as err:  # torch: the parameter groups do not match
@@ -226,6 +242,8 @@ class TrainingRun:
             "model": self.config.model.model_dump(mode="json"),
             "strategy": self.cfg.strategy,
             "optimizer_kind": self.cfg.optimizer,
+            "ema_decay": self.cfg.ema_decay,
+            "ema_step": self.average.step if self.average is not None else None,
             "num_workers": 1 if self.cfg.strategy == "single" else self.cfg.num_workers,
             "made_from": self.inputs.made_from,
         }
@@ -236,6 +254,7 @@ class TrainingRun:
             self.optimizer,
             state,
             self.cfg.keep_checkpoints,
+            average=self.average.state_dict() if self.average is not None else None,
         )
         assert self.metrics is not None
         self.metrics.flush()

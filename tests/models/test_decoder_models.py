@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spark_jobs.common.config import TrainingConfig
+from spark_jobs.common.config import ModelConfig, TrainingConfig
 from spark_jobs.common.errors import ConfigError, InputError
 from spark_jobs.models import DecoderModel, ModelOutput, build_model
+from spark_jobs.models.gpt import Rotary
 from spark_jobs.models.mlp import sinusoidal_positions
 from spark_jobs.training.optim import make_optimizer
 
@@ -42,9 +43,10 @@ def test_forward_shapes_and_backward(kind, make_config, vocab_size, embeddings, 
     assert model.flops_per_sample() > 0
 
 
-def test_gpt_is_causal(make_config, vocab_size, windows):
+@pytest.mark.parametrize("rotary", [False, True])
+def test_gpt_is_causal(rotary, make_config, vocab_size, windows):
     torch.manual_seed(0)
-    model = build_model(make_config("gpt"), vocab_size).eval()
+    model = build_model(make_config("gpt", rotary=rotary), vocab_size).eval()
     x = windows[:, :WINDOW]
     changed = x.clone()
     t = 9
@@ -53,6 +55,39 @@ def test_gpt_is_causal(make_config, vocab_size, windows):
         before, after = model.logits(x), model.logits(changed)
     torch.testing.assert_close(before[:, :t], after[:, :t], rtol=0, atol=1e-6)
     assert (before[:, t:] - after[:, t:]).abs().max() > 1e-4  # the change is visible from t on
+
+
+def test_rotary_scores_depend_on_the_distance_between_tokens():
+    torch.manual_seed(0)
+    head_size, window = 8, 16
+    rotary = Rotary(head_size, window)
+    q, k = torch.randn(head_size), torch.randn(head_size)
+
+    def score(i: int, j: int) -> float:
+        # q at position i, k at position j, in one [1, 1, T, head_size] sequence each
+        qs, ks = torch.zeros(1, 1, window, head_size), torch.zeros(1, 1, window, head_size)
+        qs[0, 0, i], ks[0, 0, j] = q, k
+        return float(rotary(qs)[0, 0, i] @ rotary(ks)[0, 0, j])
+
+    assert score(5, 2) == pytest.approx(score(12, 9), abs=1e-5)  # same distance, same score
+    assert score(3, 3) == pytest.approx(float(q @ k), abs=1e-5)  # no distance, no rotation
+    assert abs(score(5, 2) - score(5, 0)) > 1e-3  # another distance, another score
+    # a rotation: lengths are kept
+    x = torch.randn(2, 3, window, head_size)
+    torch.testing.assert_close(rotary(x).norm(dim=-1), x.norm(dim=-1))
+    # no parameters, and nothing in the state dict: checkpoints and model files do not change
+    model = build_model(ModelConfig(kind="gpt", window_size=window, embedding_size=32, num_heads=4,
+                                    num_layers=1, rotary=True), 50)  # fmt: skip
+    plain = build_model(ModelConfig(kind="gpt", window_size=window, embedding_size=32, num_heads=4,
+                                    num_layers=1), 50)  # fmt: skip
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert model.num_parameters() == plain.num_parameters()
+
+
+def test_rotary_needs_an_even_head_size():
+    with pytest.raises(ValueError, match=r"head size .* = 5\) must be even"):
+        ModelConfig(kind="gpt", embedding_size=20, num_heads=4, rotary=True)
+    ModelConfig(kind="gpt", embedding_size=20, num_heads=4)  # without rotary an odd head is fine
 
 
 def test_gpt_ties_embeddings_and_scales_init(make_config, vocab_size, embeddings):
@@ -132,13 +167,14 @@ def test_mlp_cosine_loss(make_config, vocab_size, embeddings, windows):
     assert model(batch).loss.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gpt", "mlp"])
+@pytest.mark.parametrize("kind", ["gpt", "gpt_rotary", "mlp"])
 def test_overfits_a_repeated_sequence(kind, make_config, tokenizer, vocab_size, embeddings):
     torch.manual_seed(0)
     ids = torch.tensor(tokenizer.encode("To be, or not to be: that is the question. " * 3).ids)
     batch = ids.unfold(0, WINDOW + 1, 2)
     assert 20 <= batch.shape[0] <= 50
-    model = build_model(make_config(kind), vocab_size, embeddings)
+    config = make_config("gpt", rotary=True) if kind == "gpt_rotary" else make_config(kind)
+    model = build_model(config, vocab_size, embeddings)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = model(batch)
     for _ in range(100):

@@ -45,6 +45,7 @@ def saved_models(tmp_path, make_config, tokenizer, vocab_size, embeddings):
     saved = {}
     variants = {
         "gpt": ("gpt", {}),
+        "gpt_rotary": ("gpt", {"rotary": True}),
         "mlp": ("mlp", {}),
         "mlp_trained_table": ("mlp", {"mlp_loss": "softmax", "mlp_train_input_table": True}),
     }

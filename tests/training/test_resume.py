@@ -1,4 +1,5 @@
-"""Resume is one mechanism under every strategy: exact after a crash (dropout on), refused after a model change."""
+"""Resume is one mechanism under every strategy: exact after a crash (dropout on, the weights'
+moving average kept), refused after a model change."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def _common(strategy: str) -> tuple[str, ...]:
         "training.checkpoint_interval=4",
         "training.averaging_frequency=2",
         "training.log_interval=1",
+        # the model file is then the weights' moving average, which must resume exactly too
+        "training.ema_decay=0.7",
+        "model.rotary=true",
     )
 
 

@@ -90,14 +90,16 @@ def test_mlp_learns(new_run, tiny_config):
     assert (root / "runs" / run_id / "train" / "model" / "embeddings.safetensors").exists()
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "muon-ema"])
 def test_a_crashed_run_resumes_exactly(new_run, tiny_config, optimizer):
-    """A run that dies at step 13 and is retried ends identical to an uninterrupted one."""
+    """A run that dies at step 13 and is retried ends identical to an uninterrupted one (with
+    ema: the weights' moving average, which the model file then holds, too)."""
     common = (
         "training.max_steps=24",
         "training.checkpoint_interval=8",
         "training.log_interval=1",
-        f"training.optimizer={optimizer}",
+        f"training.optimizer={optimizer.removesuffix('-ema')}",
+        *(["training.ema_decay=0.8"] if optimizer.endswith("-ema") else []),
     )
     root, straight_id = new_run()
     straight = train.run(tiny_config(root, straight_id, *common))
